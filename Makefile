@@ -1,0 +1,55 @@
+# VocoEng: `make run` and `make test` are the two set-up commands (see README).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export DJANGO_DEV ?= 1
+
+.PHONY: run test lint format install migrate worker web bridge bench bench-ai clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+# Web + worker on the embedded defaults (SQLite, filesystem broker, echo AI).
+run: migrate
+	@echo ""
+	@echo "  VocoEng is starting at http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
+	@echo "  try: curl -s -X POST http://127.0.0.1:$(PORT)/process -H 'Content-Type: application/json' -d '{\"source\":\"api\",\"user_id\":\"demo\",\"message\":\"Hello\"}'"
+	@echo ""
+	@trap 'kill 0' INT TERM EXIT; \
+	$(VENV)/bin/celery -A vocoeng worker -Q default,ai,analytics -P threads -c 16 -l info & \
+	$(PY) manage.py runserver 127.0.0.1:$(PORT) --noreload
+
+web: migrate
+	$(VENV)/bin/gunicorn vocoeng.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --threads 8
+
+worker: install
+	$(VENV)/bin/celery -A vocoeng worker -Q default,analytics -l info
+
+# The whole suite. Embedded defaults unless DATABASE_URL / CELERY_BROKER_URL are set.
+test: install
+	VOCOENG_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench-ai: install
+	$(PY) bench/ai_fanout.py
+
+bench: bench-ai
+
+clean:
+	rm -rf var/broker var/test

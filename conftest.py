@@ -1,0 +1,178 @@
+"""Shared fixtures: a real Celery worker process, the loopback fake servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+
+def database_url() -> str:
+    """Return a DATABASE_URL for the test database of this session."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] or ""
+    if s["PASSWORD"]:
+        auth += f":{s['PASSWORD']}"
+    host = f"{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}"
+    return f"postgres://{auth}@{host}/{s['NAME']}"
+
+
+def purge_queues() -> None:
+    """Drop messages left in the broker's queues by an earlier run."""
+    from vocoeng.celery import app
+    from vocoeng.queues import Queue
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for q in Queue:
+            try:
+                channel.queue_purge(q.value)
+            except Exception:  # noqa: S110 - a queue that never existed
+                pass
+
+
+class WorkerProcess:
+    """Run ``celery worker`` as a child process, the way users start it."""
+
+    def __init__(
+        self,
+        *,
+        queues: str = "default,ai,analytics",
+        pool: str = "threads",
+        concurrency: int = 8,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.queues, self.pool, self.concurrency = queues, pool, concurrency
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "vocoeng",
+            "worker",
+            "-Q",
+            self.queues,
+            "-P",
+            self.pool,
+            "-c",
+            str(self.concurrency),
+            "-l",
+            "info",
+            "-n",
+            f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError("celery worker did not start:\n" + self.output())
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if " ready." in line:
+                self._ready.set()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        """Kill the worker with SIGKILL, as the OOM killer would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def celery_worker_factory(transactional_db: None) -> Iterator:
+    """Start real worker processes on the test database and broker."""
+    purge_queues()
+    workers: list[WorkerProcess] = []
+
+    def start(**kwargs: object) -> WorkerProcess:
+        worker = WorkerProcess(**kwargs).start()  # type: ignore[arg-type]
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
+    """Poll ``predicate`` until it returns a truthy value or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator:
+    """Run the Firestore emulator (npm package) for the session.
+
+    Skips only where Node/npm are missing (a new user's machine may lack
+    them); CI has Node and runs these tests.
+    """
+    from vocoeng.testing.firestore_emulator import (
+        EmulatorUnavailable,
+        FirestoreEmulator,
+    )
+
+    try:
+        emulator = FirestoreEmulator().start()
+    except EmulatorUnavailable as exc:
+        pytest.skip(f"Firestore emulator unavailable: {exc.reason}")
+    yield emulator
+    emulator.stop()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from .models import AICall, Conversation, Message
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    fk_name = "conversation"
+    extra = 0
+    can_delete = False
+    fields = (
+        "created_at",
+        "role",
+        "status",
+        "content",
+        "model",
+        "total_tokens",
+        "cost",
+    )
+    readonly_fields = fields
+    ordering = ("created_at",)
+    show_change_link = True
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = (
+        "external_user_id",
+        "channel",
+        "tenant",
+        "message_count",
+        "last_activity",
+    )
+    list_filter = ("channel", "tenant")
+    search_fields = ("external_user_id", "last_message")
+    readonly_fields = ("created_at",)
+    inlines = [MessageInline]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "created_at",
+        "channel",
+        "role",
+        "status",
+        "provider",
+        "model",
+        "total_tokens",
+        "cost",
+    )
+    list_filter = ("status", "role", "channel", "provider")
+    search_fields = ("conversation__external_user_id", "external_id", "content")
+    raw_id_fields = ("conversation", "reply_to")
+    readonly_fields = ("created_at", "updated_at")
+    date_hierarchy = "created_at"
+
+
+@admin.register(AICall)
+class AICallAdmin(admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "provider",
+        "model",
+        "attempt",
+        "status",
+        "http_status",
+        "total_tokens",
+        "cost",
+        "latency_ms",
+    )
+    list_filter = ("status", "provider", "model")
+    search_fields = ("ref",)
+    raw_id_fields = ("message",)

@@ -1,0 +1,145 @@
+"""Conversations, their messages, and the ledger of every AI call attempt."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from vocoeng.models import Tenant
+
+
+class Conversation(models.Model):
+    """Group the messages of one external user on one channel of a tenant."""
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.PROTECT, related_name="conversations"
+    )
+    channel = models.CharField(max_length=32)
+    external_user_id = models.CharField(max_length=128)
+    message_count = models.PositiveIntegerField(default=0)
+    last_message = models.TextField(blank=True)
+    last_response = models.TextField(blank=True)
+    last_activity = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "channel", "external_user_id"],
+                name="conversation_unique_user",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel}:{self.external_user_id}"
+
+
+class Message(models.Model):
+    """Store one inbound (user) or outbound (assistant) message."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        # inbound
+        RECEIVED = "received"
+        PROCESSING = "processing"
+        REPLIED = "replied"
+        FAILED = "failed"
+        RATE_LIMITED = "rate_limited"
+        IGNORED = "ignored"
+        # outbound
+        PENDING = "pending"
+        SENDING = "sending"
+        SENT = "sent"
+        DELIVERED = "delivered"
+        READ = "read"
+        LOGGED = "logged"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    channel = models.CharField(max_length=32)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    # NULL, not "", for messages without a channel id: the unique constraint
+    # on (channel, external_id) must not treat them as equal.
+    external_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
+    reply_to = models.OneToOneField(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="reply",
+    )
+    provider = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=128, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    processing_time_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    processing_started_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["conversation", "created_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "external_id"],
+                condition=models.Q(external_id__isnull=False),
+                name="message_unique_external_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.id}"
+
+
+class AICall(models.Model):
+    """Record one attempt at a model call: the usage and spend ledger."""
+
+    class Status(models.TextChoices):
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    message = models.ForeignKey(
+        Message,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="ai_calls",
+    )
+    ref = models.CharField(max_length=255, blank=True, db_index=True)
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=128)
+    attempt = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices)
+    transient = models.BooleanField(null=True, blank=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    latency_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "AI call"
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} #{self.attempt} {self.status}"

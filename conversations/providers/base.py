@@ -1,0 +1,149 @@
+"""Types shared by the AI providers and the router."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One message of the history sent to a model."""
+
+    role: str  # "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class RawCompletion:
+    """What one provider call returned, before cost is priced."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Attempt:
+    """One try at one provider, succeeded or not (recorded in the ledger)."""
+
+    provider: str
+    model: str
+    attempt: int
+    ok: bool
+    latency_ms: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    error: str = ""
+    transient: bool | None = None
+    http_status: int | None = None
+
+
+@dataclass
+class Completion:
+    """The reply that was used, with who answered, usage, cost and latency."""
+
+    text: str
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    latency_ms: int
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ProviderError(Exception):
+    """A provider call failed; ``transient`` errors may pass on the next try."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class AIUnavailable(Exception):
+    """Every provider in the order failed; carries the attempts made."""
+
+    def __init__(self, message: str, *, attempts: list[Attempt], transient: bool):
+        super().__init__(message)
+        self.attempts = attempts
+        self.transient = transient
+
+
+class Provider(Protocol):
+    """A model provider: one call, errors mapped to ProviderError."""
+
+    name: str
+    model: str
+
+    def complete(
+        self,
+        *,
+        system: str,
+        messages: list[ChatTurn],
+        max_tokens: int,
+        temperature: float,
+        **extra: Any,
+    ) -> RawCompletion: ...
+
+
+# Statuses worth another try: timeouts, conflicts, rate limits, server errors and
+# Anthropic's 529 "overloaded". 400/401/403/404/413/422 are permanent.
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Return Retry-After (or retry-after-ms) in seconds, when given as a number."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None  # an HTTP date: rare from model APIs; use our backoff
+    return None
+
+
+def error_from_status(
+    exc: Exception, status: int | None, headers: Any, provider: str
+) -> ProviderError:
+    """Map an SDK status error to a ProviderError, transient or permanent."""
+    transient = status is None or status in TRANSIENT_STATUSES
+    return ProviderError(
+        f"{provider}: HTTP {status}: {_short(exc)}",
+        transient=transient,
+        status_code=status,
+        retry_after=parse_retry_after(headers),
+    )
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,324 @@
+"""Receive messages, generate, publish and deliver replies (the reply path)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from vocoeng import bus
+from vocoeng.models import Tenant
+
+from . import providers
+from .delivery import DeliveryError, adapter_for
+from .models import AICall, Conversation, Message
+from .providers import AIUnavailable, Attempt, ChatTurn
+from .stores import StoreError, get_store
+
+logger = logging.getLogger(__name__)
+
+
+def message_receive(
+    *,
+    tenant: Tenant,
+    channel: str,
+    user_id: str,
+    text: str,
+    external_id: str | None,
+    timestamp: datetime | None = None,
+    metadata: dict[str, Any] | None = None,
+    status: str = Message.Status.RECEIVED,
+) -> tuple[Message, bool]:
+    """Store an inbound message once per (channel, external id).
+
+    Returns the message and whether it was created; the same external id again
+    returns the stored message and changes nothing.
+    """
+    if external_id:
+        existing = Message.objects.filter(channel=channel, external_id=external_id)
+        found = existing.select_related("conversation").first()
+        if found is not None:
+            return found, False
+    now = timezone.now()
+    meta = dict(metadata or {})
+    if timestamp is not None:
+        meta.setdefault("timestamp", timestamp.isoformat())
+    try:
+        with transaction.atomic():
+            conversation, _ = Conversation.objects.get_or_create(
+                tenant=tenant, channel=channel, external_user_id=user_id
+            )
+            message = Message.objects.create(
+                conversation=conversation,
+                channel=channel,
+                role=Message.Role.USER,
+                content=text,
+                external_id=external_id or None,
+                status=status,
+                metadata=meta,
+            )
+            Conversation.objects.filter(pk=conversation.pk).update(
+                message_count=F("message_count") + 1,
+                last_message=text,
+                last_activity=now,
+            )
+    except IntegrityError:
+        # A concurrent delivery of the same external id won the insert.
+        found = (
+            Message.objects.select_related("conversation")
+            .filter(channel=channel, external_id=external_id)
+            .first()
+        )
+        if found is None:
+            raise
+        return found, False
+    return message, True
+
+
+def message_needs_reply(message: Message) -> bool:
+    """Return whether a reply chain should run for ``message``.
+
+    True while it is waiting (``received``): a chain lost to a broker outage is
+    enqueued again on redelivery, and the claim in reply_generate makes a
+    second chain a no-op.
+    """
+    return (
+        message.role == Message.Role.USER and message.status == Message.Status.RECEIVED
+    )
+
+
+def _claim(message_id: Any) -> bool:
+    """Claim an inbound message for generation; a stale claim can be retaken.
+
+    A worker that died mid-call leaves the message ``processing``; once its
+    claim is older than the hard time limit, the redelivered task takes over.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    return bool(
+        Message.objects.filter(pk=message_id, role=Message.Role.USER)
+        .filter(
+            Q(status=Message.Status.RECEIVED)
+            | Q(status=Message.Status.PROCESSING, processing_started_at__lt=stale)
+        )
+        .update(status=Message.Status.PROCESSING, processing_started_at=now)
+    )
+
+
+def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
+    AICall.objects.create(
+        tenant_id=tenant_id,
+        message=inbound,
+        ref=f"message:{inbound.id}",
+        provider=attempt.provider,
+        model=attempt.model,
+        attempt=attempt.attempt,
+        status=AICall.Status.SUCCEEDED if attempt.ok else AICall.Status.FAILED,
+        transient=attempt.transient,
+        http_status=attempt.http_status,
+        error=attempt.error[:2000],
+        prompt_tokens=attempt.prompt_tokens,
+        completion_tokens=attempt.completion_tokens,
+        total_tokens=attempt.prompt_tokens + attempt.completion_tokens,
+        cost=attempt.cost,
+        latency_ms=attempt.latency_ms,
+    )
+
+
+def reply_generate(*, message_id: Any) -> Message | None:
+    """Generate and store the reply to an inbound message, exactly once.
+
+    Returns the reply (the existing one when it was already generated), or
+    None when another worker holds the message or it failed; a failure is
+    recorded on the message with its reason.
+    """
+    inbound = Message.objects.select_related("conversation").get(pk=message_id)
+    existing = Message.objects.filter(reply_to=inbound).first()
+    if existing is not None:
+        logger.info("idempotent_skip message=%s reply=%s", inbound.id, existing.id)
+        get_store().record_exchange(inbound=inbound, reply=existing)
+        return existing
+    if not _claim(inbound.pk):
+        logger.info("idempotent_skip message=%s status=%s", inbound.id, inbound.status)
+        return None
+
+    started = time.monotonic()
+    store = get_store()
+    tenant_id = inbound.conversation.tenant_id
+    try:
+        history = store.history(inbound=inbound, limit=settings.AI_HISTORY_MESSAGES)
+        turns = [*history, ChatTurn(role="user", content=inbound.content)]
+        completion = providers.generate(
+            system=settings.AI_SYSTEM_PROMPT,
+            messages=turns,
+            on_attempt=lambda a: _record_attempt(inbound, tenant_id, a),
+        )
+    except StoreError:
+        # Put the claim back so the task's retry can take it again.
+        Message.objects.filter(pk=inbound.pk).update(status=Message.Status.RECEIVED)
+        raise
+    except AIUnavailable as exc:
+        Message.objects.filter(pk=inbound.pk).update(
+            status=Message.Status.FAILED, error=str(exc)[:2000]
+        )
+        logger.error("reply_failed message=%s reason=%s", inbound.id, exc)
+        return None
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+
+    with transaction.atomic():
+        Message.objects.select_for_update().filter(pk=inbound.pk).first()
+        reply = Message.objects.filter(reply_to=inbound).first()
+        if reply is None:
+            reply = Message.objects.create(
+                conversation=inbound.conversation,
+                channel=inbound.channel,
+                role=Message.Role.ASSISTANT,
+                content=completion.text,
+                status=Message.Status.PENDING,
+                reply_to=inbound,
+                provider=completion.provider,
+                model=completion.model,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                total_tokens=completion.total_tokens,
+                cost=completion.cost,
+                processing_time_ms=elapsed_ms,
+                metadata={"attempts": len(completion.attempts)},
+            )
+            Message.objects.filter(pk=inbound.pk).update(status=Message.Status.REPLIED)
+            Conversation.objects.filter(pk=inbound.conversation_id).update(
+                message_count=F("message_count") + 1,
+                last_response=completion.text,
+                last_activity=timezone.now(),
+            )
+    store.record_exchange(inbound=inbound, reply=reply)
+    logger.info(
+        "reply_generated message=%s reply=%s provider=%s model=%s tokens=%s ms=%s",
+        inbound.id,
+        reply.id,
+        reply.provider,
+        reply.model,
+        reply.total_tokens,
+        elapsed_ms,
+    )
+    return reply
+
+
+def response_build(*, reply: Message) -> dict[str, Any]:
+    """Return the response object of ARCHITECTURE.md for a stored reply."""
+    inbound = reply.reply_to
+    assert inbound is not None
+    conversation = inbound.conversation
+    return {
+        "message_id": str(inbound.id),
+        "external_message_id": inbound.external_id,
+        "user_id": conversation.external_user_id,
+        "original_message": inbound.content,
+        "ai_response": {
+            "response": reply.content,
+            "model": reply.model,
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "total_tokens": reply.total_tokens,
+            },
+            "metadata": {"provider": reply.provider, "cost": str(reply.cost)},
+        },
+        "processing_time_ms": reply.processing_time_ms,
+        "timestamp": reply.created_at.isoformat(),
+        "metadata": {
+            **{k: v for k, v in inbound.metadata.items() if k != "raw"},
+            "source": inbound.channel,
+            "conversation_id": conversation.pk,
+            "tenant": conversation.tenant.slug,
+            "reply_id": str(reply.id),
+        },
+    }
+
+
+def _load_reply(reply_id: Any) -> Message:
+    return Message.objects.select_related(
+        "reply_to__conversation__tenant", "conversation"
+    ).get(pk=reply_id, role=Message.Role.ASSISTANT)
+
+
+def reply_publish(*, reply_id: Any) -> Message:
+    """Publish the reply's response on the responses topic, once."""
+    reply = _load_reply(reply_id)
+    bus.publish(
+        topic=settings.PUBSUB_TOPIC_RESPONSES,
+        payload=response_build(reply=reply),
+        key=str(reply.reply_to_id),
+        attributes={"kind": "chat_response", "source": reply.channel},
+    )
+    if reply.published_at is None:
+        Message.objects.filter(pk=reply.pk, published_at__isnull=True).update(
+            published_at=timezone.now()
+        )
+    return reply
+
+
+def reply_deliver(*, reply_id: Any) -> Message | None:
+    """Send the reply through its channel's adapter; never sends twice.
+
+    The send is claimed (pending → sending) before the outside call, so a
+    redelivered task skips it. A transient failure puts the claim back and
+    re-raises DeliveryError for the task to retry; a permanent one is
+    recorded as failed with the reason.
+    """
+    claimed = Message.objects.filter(
+        pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+    ).update(status=Message.Status.SENDING)
+    if not claimed:
+        logger.info("idempotent_skip delivery reply=%s", reply_id)
+        return None
+    reply = _load_reply(reply_id)
+    try:
+        result = adapter_for(reply.channel).deliver(reply)
+    except DeliveryError as exc:
+        if exc.transient:
+            Message.objects.filter(pk=reply.pk, status=Message.Status.SENDING).update(
+                status=Message.Status.PENDING, error=str(exc)[:2000]
+            )
+            raise
+        result_status, error, external = Message.Status.FAILED, str(exc), ""
+    else:
+        result_status, error, external = result.status, result.error, result.external_id
+    updates: dict[str, Any] = {"status": result_status, "error": error[:2000]}
+    if external:
+        updates["external_id"] = external
+    if result_status in (Message.Status.SENT, Message.Status.DELIVERED):
+        updates["sent_at"] = timezone.now()
+    Message.objects.filter(pk=reply.pk).update(**updates)
+    logger.info(
+        "reply_delivered reply=%s channel=%s status=%s",
+        reply.pk,
+        reply.channel,
+        result_status,
+    )
+    reply.refresh_from_db()
+    return reply
+
+
+def reply_delivery_fail(*, reply_id: Any, error: str) -> None:
+    """Record that delivery gave up after its retry budget."""
+    Message.objects.filter(pk=reply_id, role=Message.Role.ASSISTANT).exclude(
+        status__in=(Message.Status.SENT, Message.Status.DELIVERED, Message.Status.READ)
+    ).update(status=Message.Status.FAILED, error=error[:2000])
+    logger.error("reply_delivery_failed reply=%s", reply_id)
+
+
+def reply_process_sync(*, message: Message) -> Message | None:
+    """Run the whole reply path in this process (for ``POST /process``)."""
+    reply = reply_generate(message_id=message.pk)
+    if reply is None:
+        return None
+    reply_publish(reply_id=reply.pk)
+    reply_deliver(reply_id=reply.pk)
+    return _load_reply(reply.pk)

@@ -1,0 +1,35 @@
+"""The conversation store interface."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from ..providers.base import ChatTurn
+
+if TYPE_CHECKING:
+    from ..models import Message
+
+
+class StoreError(Exception):
+    """A store call failed; ``transient`` says whether a retry may pass."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class ConversationStore(Protocol):
+    """Where the model's view of a conversation's history lives.
+
+    The database always holds the Message rows (ids, statuses, idempotency);
+    a store decides where the history sent to the model is read from and
+    written to.
+    """
+
+    def history(self, *, inbound: Message, limit: int) -> list[ChatTurn]:
+        """Return up to ``limit`` turns before ``inbound``, oldest first."""
+        ...
+
+    def record_exchange(self, *, inbound: Message, reply: Message) -> None:
+        """Record one answered exchange; calling it twice records it once."""
+        ...

@@ -1,0 +1,41 @@
+"""Keep conversation history in the database (the default store)."""
+
+from __future__ import annotations
+
+from ..models import Message
+from ..providers.base import ChatTurn
+
+# Only exchanges that happened: failed, ignored or rate-limited messages never
+# reached the model and would confuse it.
+_HISTORY_STATUSES = (
+    Message.Status.REPLIED,
+    Message.Status.PENDING,
+    Message.Status.SENDING,
+    Message.Status.SENT,
+    Message.Status.DELIVERED,
+    Message.Status.READ,
+    Message.Status.LOGGED,
+)
+
+
+class DatabaseStore:
+    """Read history from the Message table; the rows are the record."""
+
+    def history(self, *, inbound: Message, limit: int) -> list[ChatTurn]:
+        if limit <= 0:
+            return []
+        rows = (
+            Message.objects.filter(
+                conversation_id=inbound.conversation_id,
+                created_at__lt=inbound.created_at,
+                status__in=_HISTORY_STATUSES,
+            )
+            .order_by("-created_at")
+            .values_list("role", "content")[:limit]
+        )
+        return [
+            ChatTurn(role=role, content=content) for role, content in reversed(rows)
+        ]
+
+    def record_exchange(self, *, inbound: Message, reply: Message) -> None:
+        """Do nothing: the Message rows written by the reply service are the record."""

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conversations.models import AICall, Conversation, Message
+from vocoeng.models import BusMessage
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client, body, raw: bool = False):
+    data = body if raw else json.dumps(body)
+    return client.post("/process", data, content_type="application/json")
+
+
+def test_process_returns_the_response_object(client) -> None:
+    response = post(
+        client,
+        {
+            "source": "api",
+            "user_id": "15551234567",
+            "message": "Hello",
+            "message_id": "ext-1",
+            "metadata": {"received_at": "2024-01-01T12:00:00Z"},
+        },
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {
+        "message_id",
+        "external_message_id",
+        "user_id",
+        "original_message",
+        "ai_response",
+        "processing_time_ms",
+        "timestamp",
+        "metadata",
+    }
+    assert body["external_message_id"] == "ext-1"
+    assert body["user_id"] == "15551234567"
+    assert body["original_message"] == "Hello"
+    assert body["ai_response"]["model"] == "echo"
+    assert body["ai_response"]["metadata"]["provider"] == "echo"
+    assert "Hello" in body["ai_response"]["response"]
+    usage = body["ai_response"]["usage"]
+    assert (
+        usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+    )
+    assert body["metadata"]["source"] == "api"
+    assert body["metadata"]["received_at"] == "2024-01-01T12:00:00Z"
+    inbound = Message.objects.get(external_id="ext-1")
+    assert str(inbound.pk) == body["message_id"]
+    assert inbound.status == Message.Status.REPLIED
+    reply = inbound.reply
+    assert reply.status == Message.Status.DELIVERED
+    assert reply.published_at is not None
+    # the response was recorded on the (direct) bus
+    assert BusMessage.objects.get(key=body["message_id"]).payload == body
+
+
+def test_same_message_id_twice_yields_one_reply(client) -> None:
+    body = {"source": "api", "user_id": "u1", "message": "Hi", "message_id": "dup-1"}
+    first = post(client, body).json()
+    second = post(client, body).json()
+    assert first == second
+    assert Message.objects.filter(role="user").count() == 1
+    assert Message.objects.filter(role="assistant").count() == 1
+    assert AICall.objects.count() == 1
+    assert BusMessage.objects.count() == 1
+    assert Conversation.objects.get().message_count == 2
+
+
+def test_history_reaches_the_model(client) -> None:
+    post(client, {"user_id": "u1", "message": "first", "message_id": "h1"})
+    body = post(client, {"user_id": "u1", "message": "second", "message_id": "h2"})
+    # The echo provider reports how many earlier user messages it was sent.
+    assert "[history: 1 earlier message(s)]" in body.json()["ai_response"]["response"]
+
+
+def test_history_is_per_user(client) -> None:
+    post(client, {"user_id": "u1", "message": "first", "message_id": "p1"})
+    body = post(client, {"user_id": "u2", "message": "other", "message_id": "p2"})
+    assert "history" not in body.json()["ai_response"]["response"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (json.dumps([1, 2]).encode(), "JSON object"),
+        (json.dumps({"user_id": "u"}).encode(), "message"),
+        (json.dumps({"message": "hi"}).encode(), "user_id"),
+        (json.dumps({"user_id": "u", "message": "   "}).encode(), "blank"),
+        (
+            json.dumps({"user_id": "u", "message": "hi", "source": "fax"}).encode(),
+            "source",
+        ),
+        (json.dumps({"user_id": "u", "message": 5}).encode(), "message"),
+        (
+            json.dumps(
+                {"user_id": "u", "message": "hi", "timestamp": "yesterday"}
+            ).encode(),
+            "timestamp",
+        ),
+    ],
+)
+def test_bad_bodies_get_400_with_the_reason_and_nothing_is_stored(
+    client, body, reason
+) -> None:
+    response = post(client, body, raw=True)
+    assert response.status_code == 400
+    assert reason in response.json()["error"]
+    assert Message.objects.count() == 0
+    assert Conversation.objects.count() == 0
+
+
+def test_process_only_accepts_post(client) -> None:
+    assert client.get("/process").status_code == 405

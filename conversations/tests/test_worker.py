@@ -1,0 +1,59 @@
+"""The reply chain through a real ``celery worker`` process and the broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import wait_for
+from conversations.models import AICall, Message
+from conversations.routes import chat_message
+from vocoeng.models import BusMessage
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def _send(message_id: str, text: str = "Hello worker", user: str = "w1") -> None:
+    signature = chat_message(
+        data={
+            "source": "api",
+            "user_id": user,
+            "message": text,
+            "message_id": message_id,
+        },
+        attributes={},
+    )
+    if signature is not None:
+        signature.apply_async()
+
+
+def test_one_message_yields_one_stored_reply_with_usage(celery_worker_factory) -> None:
+    celery_worker_factory()
+    _send("wk-1")
+    reply = wait_for(
+        lambda: Message.objects.filter(
+            role="assistant", status=Message.Status.DELIVERED
+        ).first()
+    )
+    assert reply.reply_to.external_id == "wk-1"
+    assert reply.total_tokens > 0
+    assert reply.provider == "echo"
+    assert BusMessage.objects.filter(key=str(reply.reply_to_id)).count() == 1
+    assert (
+        AICall.objects.filter(message=reply.reply_to, status="succeeded").count() == 1
+    )
+
+
+def test_the_same_message_again_yields_no_second_reply(celery_worker_factory) -> None:
+    worker = celery_worker_factory()
+    _send("wk-2")
+    wait_for(lambda: Message.objects.filter(role="assistant").exists())
+    _send("wk-2")  # a duplicate delivery after the reply exists: nothing to do
+    # A duplicate that arrives while the first is still queued enqueues a second
+    # chain; the claim makes it a no-op. Force that case by hand:
+    inbound = Message.objects.get(external_id="wk-2")
+    from conversations.routes import reply_chain
+
+    reply_chain(inbound).apply_async().get(timeout=30)
+    assert Message.objects.filter(role="assistant").count() == 1
+    assert AICall.objects.count() == 1
+    assert "idempotent_skip" in worker.output()

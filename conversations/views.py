@@ -1,0 +1,49 @@
+"""``POST /process``: run one message through the reply path synchronously."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from vocoeng.routing import PermanentMessageError
+
+from .models import Message
+from .routes import inbound_store
+from .services import reply_process_sync, response_build
+
+
+@csrf_exempt
+@require_POST
+def process(request: HttpRequest) -> JsonResponse:
+    """Store the inbound message, answer it in-process, return the response.
+
+    The same message_id again returns the stored response without a new model
+    call. For testing and demos; production traffic goes through the webhooks.
+    """
+    try:
+        data = json.loads(request.body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return JsonResponse({"error": f"body is not JSON: {exc}"}, status=400)
+    try:
+        message, _created = inbound_store(data=data)
+    except PermanentMessageError as exc:
+        return JsonResponse({"error": exc.reason}, status=400)
+    reply = Message.objects.filter(reply_to=message).first()
+    if reply is None:
+        if message.status not in (Message.Status.RECEIVED, Message.Status.FAILED):
+            return JsonResponse(
+                {"error": "message is being processed", "status": message.status},
+                status=409,
+            )
+        if message.status == Message.Status.FAILED:
+            Message.objects.filter(pk=message.pk).update(status=Message.Status.RECEIVED)
+        reply = reply_process_sync(message=message)
+    if reply is None:
+        message.refresh_from_db()
+        return JsonResponse(
+            {"error": "the AI reply failed", "reason": message.error}, status=502
+        )
+    return JsonResponse(response_build(reply=reply))

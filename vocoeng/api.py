@@ -1,0 +1,17 @@
+"""Shared DRF pieces: the JSON error handler and tenant resolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Return DRF's error response with an ``error`` message clients can show."""
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict):
+        detail = response.data.get("detail")
+        response.data.setdefault("error", str(detail) if detail else "invalid request")
+    return response

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class VocoengConfig(AppConfig):
+    """Hold the cross-app models: tenants, API keys, the bus outbox."""
+
+    name = "vocoeng"
+    verbose_name = "VocoEng"
+    default_auto_field = "django.db.models.BigAutoField"

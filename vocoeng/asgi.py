@@ -1,0 +1,10 @@
+"""Expose the ASGI callable."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vocoeng.settings")
+application = get_asgi_application()

@@ -1,0 +1,72 @@
+"""Liveness (``/health``) and readiness (``/readyz``) endpoints."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+logger = logging.getLogger(__name__)
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    """Answer that the process is alive; touches nothing outside it."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> str | None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def _check_broker() -> str | None:
+    from .celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def _check_pubsub() -> str | None:
+    from . import pubsub
+
+    try:
+        pubsub.topic_check(settings.PUBSUB_TOPIC_MESSAGES)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Answer 200 when the database and broker (and Pub/Sub) are reachable.
+
+    503 names each failing part, so a load balancer and a person both know why.
+    """
+    checks = {"database": _check_database, "broker": _check_broker}
+    if settings.BUS == "pubsub":
+        checks["pubsub"] = _check_pubsub
+    results = {name: check() for name, check in checks.items()}
+    failing = {name: err for name, err in results.items() if err}
+    body = {
+        "status": "ok" if not failing else "unavailable",
+        "checks": {
+            name: ("ok" if not err else "failing") for name, err in results.items()
+        },
+    }
+    if failing:
+        body["errors"] = failing
+        logger.warning("readyz failing=%s", ",".join(failing))
+    return JsonResponse(body, status=503 if failing else 200)

@@ -1,0 +1,64 @@
+"""Route a bus message by its kind to the function that validates it.
+
+``settings.BUS_ROUTES`` maps a kind (``chat_message``, ``pipeline_job``,
+``voc_event``) to a dotted path ``f(*, data, attributes) -> Signature | None``.
+The function validates the message, records what it must (idempotently) and
+returns the Celery signature to enqueue, or None when there is nothing to do
+(a duplicate). It raises :class:`PermanentMessageError` for a message that can
+never succeed, which the caller dead-letters with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any, Protocol
+
+from celery.canvas import Signature
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+
+class PermanentMessageError(Exception):
+    """Reject a message that can never succeed (bad JSON, failed validation)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Route(Protocol):
+    def __call__(
+        self, *, data: Any, attributes: dict[str, str]
+    ) -> Signature | None: ...
+
+
+@cache
+def _resolve(path: str) -> Route:
+    return import_string(path)
+
+
+def route_for(kind: str) -> Route:
+    """Return the route function of ``kind``; unknown kinds are permanent errors."""
+    path = settings.BUS_ROUTES.get(kind)
+    if not path:
+        raise PermanentMessageError(f"unknown message kind {kind!r}")
+    return _resolve(path)
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Decode a message body as UTF-8 JSON or raise a permanent error saying why."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise PermanentMessageError(f"body is not UTF-8: {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
+        raise PermanentMessageError(f"body is not JSON: {exc.msg}") from exc
+
+
+def route_message(
+    *, kind: str, data: Any, attributes: dict[str, str] | None = None
+) -> Signature | None:
+    """Validate one message through its route and return what to enqueue."""
+    return route_for(kind)(data=data, attributes=dict(attributes or {}))

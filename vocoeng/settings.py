@@ -1,0 +1,297 @@
+"""Configure VocoEng from the environment (12-factor).
+
+Every setting reads an environment variable. Embedded defaults make ``make run``
+work on a fresh machine with no services and no API keys: SQLite, a Celery broker
+on the filesystem, results in the database, the ``echo`` AI provider. Each real
+component switches on when its variable is set (see README, "Configuration").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("VOCOENG_VAR_DIR", default=str(BASE_DIR / "var")))
+
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.Env()
+
+# --- Core -------------------------------------------------------------------------
+# DJANGO_DEV=1 is the development flag: DEBUG defaults on and an insecure key is
+# allowed. Without it DEBUG is off and SECRET_KEY has no default (production).
+DEV = env.bool("DJANGO_DEV", default=False)
+DEBUG = env.bool("DJANGO_DEBUG", default=DEV)
+if DEV:
+    SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-only-for-local-use")
+else:
+    SECRET_KEY = env.str("SECRET_KEY")
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"]
+)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_celery_results",
+    "django_celery_beat",
+    "vocoeng",
+    "conversations",
+    "pipeline",
+    "analytics",
+    "webhooks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "vocoeng.urls"
+WSGI_APPLICATION = "vocoeng.wsgi.application"
+ASGI_APPLICATION = "vocoeng.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------
+DATABASES = {
+    "default": env.db_url(
+        "DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'vocoeng.sqlite3'}"
+    )
+}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions + a busy timeout: without them Celery chords on SQLite
+    # fail with "database is locked" when two workers write at once.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not :memory:, so the Celery worker process started by the tests
+    # sees the same test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-vocoeng.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve app static files (admin, DRF) without a collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "vocoeng.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "vocoeng.api.exception_handler",
+}
+
+# Security headers that matter once DEBUG is off (behind a TLS-terminating proxy).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+
+# --- Logging ----------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "console": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Replace Django's own DEBUG-only console handler: root already prints.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.db.backends": {"level": "WARNING"},
+        # httpx logs every request line (with URLs) at INFO.
+        "httpx": {"level": "WARNING"},
+    },
+}
+
+# --- Celery -------------------------------------------------------------------------
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+BROKER_DIR = Path(env.str("CELERY_FILESYSTEM_DIR", default=str(VAR_DIR / "broker")))
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-extended
+CELERY_RESULT_EXTENDED = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
+CELERY_TASK_SERIALIZER = "json"
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#accept-content
+CELERY_ACCEPT_CONTENT = ["json"]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
+CELERY_TASK_ACKS_LATE = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_PREFETCH_MULTIPLIER", default=1)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-time-limit
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-soft-time-limit
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-always-eager
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-hijack-root-logger
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A worker that dies leaves its unacked tasks with the broker; on Redis they come
+# back after visibility_timeout (kombu's default is 1 h). It must stay above the
+# longest hard time limit and retry countdown.
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=900)
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _queues = BROKER_DIR / "queues"
+    # https://docs.celeryq.dev/projects/kombu/en/stable/reference/kombu.transport.filesystem.html
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queues),
+        "data_folder_out": str(_queues),
+        "control_folder": str(BROKER_DIR / "control"),
+        # kombu's default 1 s poll makes every hop of a chain cost a second.
+        "polling_interval": env.float("CELERY_POLLING_INTERVAL", default=0.1),
+    }
+else:
+    # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+        # Restore unacked messages of dead workers promptly once they time out.
+        "unacked_restore_interval": env.int(
+            "CELERY_UNACKED_RESTORE_SECONDS", default=5
+        ),
+    }
+    _prefix = env.str("CELERY_REDIS_KEY_PREFIX", default="")
+    if _prefix:
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = _prefix
+
+# --- Bus (direct Celery or Google Pub/Sub) -------------------------------------------
+BUS = env.str("BUS", default="direct")
+PUBSUB_PROJECT_ID = env.str("PUBSUB_PROJECT_ID", default="vocoeng-local")
+PUBSUB_EMULATOR_HOST = env.str("PUBSUB_EMULATOR_HOST", default="")
+PUBSUB_TOPIC_MESSAGES = env.str("PUBSUB_TOPIC_MESSAGES", default="vocoeng-messages")
+PUBSUB_TOPIC_RESPONSES = env.str("PUBSUB_TOPIC_RESPONSES", default="vocoeng-responses")
+PUBSUB_TOPIC_JOBS = env.str("PUBSUB_TOPIC_JOBS", default="consensus-engine-jobs")
+PUBSUB_TOPIC_VOC = env.str("PUBSUB_TOPIC_VOC", default="voc-events")
+PUBSUB_TOPIC_DEAD_LETTER = env.str(
+    "PUBSUB_TOPIC_DEAD_LETTER", default="vocoeng-dead-letter"
+)
+# kind → dotted path of the function that validates a message and builds its
+# Celery signature. Resolved lazily so the bus, the push endpoint and the bridge
+# share it without importing the apps.
+BUS_ROUTES = {
+    "chat_message": "conversations.routes.chat_message",
+    **env.json("BUS_ROUTES", default={}),
+}
+
+# --- Conversations and AI -------------------------------------------------------------
+CONVERSATION_STORE = env.str("CONVERSATION_STORE", default="db")
+FIRESTORE_PROJECT_ID = env.str("FIRESTORE_PROJECT_ID", default=PUBSUB_PROJECT_ID)
+FIRESTORE_EMULATOR_HOST = env.str("FIRESTORE_EMULATOR_HOST", default="")
+FIRESTORE_COLLECTION = env.str("FIRESTORE_COLLECTION", default="conversations")
+
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
+ANTHROPIC_MODEL = env.str("ANTHROPIC_MODEL", default="claude-3-5-haiku-latest")
+# The provider tried first; empty picks the first one with credentials, else echo.
+AI_PROVIDER = env.str("AI_PROVIDER", default="")
+AI_FALLBACK = env.list("AI_FALLBACK", default=[])
+AI_TIMEOUT_SECONDS = env.float("AI_TIMEOUT_SECONDS", default=60.0)
+AI_MAX_RETRIES = env.int("AI_MAX_RETRIES", default=3)
+AI_RETRY_BACKOFF_SECONDS = env.float("AI_RETRY_BACKOFF_SECONDS", default=0.5)
+AI_RETRY_MAX_BACKOFF_SECONDS = env.float("AI_RETRY_MAX_BACKOFF_SECONDS", default=30.0)
+AI_MAX_TOKENS = env.int("AI_MAX_TOKENS", default=1024)
+AI_TEMPERATURE = env.float("AI_TEMPERATURE", default=0.7)
+AI_HISTORY_MESSAGES = env.int("AI_HISTORY_MESSAGES", default=20)
+AI_SYSTEM_PROMPT = env.str(
+    "AI_SYSTEM_PROMPT",
+    default="You are a helpful, concise assistant answering customers on chat.",
+)
+# USD per million tokens, (input, output), per model. Extend or override with
+# AI_PRICES='{"my-model": [0.1, 0.2]}'. Unknown models cost 0 and log a warning.
+AI_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "claude-3-5-haiku-latest": (0.80, 4.00),
+    "claude-3-5-sonnet-latest": (3.00, 15.00),
+    "claude-sonnet-4-0": (3.00, 15.00),
+    "echo": (0.0, 0.0),
+    **{k: tuple(v) for k, v in json.loads(env.str("AI_PRICES", default="{}")).items()},
+}
+
+# --- Channels -----------------------------------------------------------------------
+WHATSAPP_VERIFY_TOKEN = env.str("WHATSAPP_VERIFY_TOKEN", default="")
+WHATSAPP_APP_SECRET = env.str("WHATSAPP_APP_SECRET", default="")
+WHATSAPP_ACCESS_TOKEN = env.str("WHATSAPP_ACCESS_TOKEN", default="")
+WHATSAPP_PHONE_NUMBER_ID = env.str("WHATSAPP_PHONE_NUMBER_ID", default="")
+WHATSAPP_API_BASE = env.str(
+    "WHATSAPP_API_BASE", default="https://graph.facebook.com/v21.0"
+)
+AISENSY_WEBHOOK_SECRET = env.str("AISENSY_WEBHOOK_SECRET", default="")
+AISENSY_API_KEY = env.str("AISENSY_API_KEY", default="")
+AISENSY_API_BASE = env.str("AISENSY_API_BASE", default="https://backend.aisensy.com")
+
+# --- Pipeline -----------------------------------------------------------------------
+WORKER_STEP_TIMEOUT_SECONDS = env.int("WORKER_STEP_TIMEOUT_SECONDS", default=300)
+WORKER_JOB_TIMEOUT_SECONDS = env.int("WORKER_JOB_TIMEOUT_SECONDS", default=1800)
+MAX_RETRIES_PER_PERSONA = env.int("MAX_RETRIES_PER_PERSONA", default=3)
+RETRY_INITIAL_BACKOFF_SECONDS = env.float("RETRY_INITIAL_BACKOFF_SECONDS", default=1.0)
+RETRY_BACKOFF_MULTIPLIER = env.float("RETRY_BACKOFF_MULTIPLIER", default=2.0)
+
+# --- Analytics ----------------------------------------------------------------------
+VOC_BATCH_SIZE = env.int("VOC_BATCH_SIZE", default=500)
+VOC_FLUSH_SECONDS = env.float("VOC_FLUSH_SECONDS", default=2.0)

@@ -1,0 +1,1 @@
+"""Provide loopback HTTP test doubles for the AI and WhatsApp providers."""

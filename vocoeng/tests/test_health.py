@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+
+from vocoeng.celery import app
+
+
+@pytest.fixture
+def database_down(transactional_db: None) -> Iterator[None]:
+    """Point the default connection at a database that cannot be reached."""
+    saved = dict(connection.settings_dict)
+    connection.close()
+    if connection.vendor == "sqlite":
+        connection.settings_dict["NAME"] = "/nonexistent-dir/vocoeng.sqlite3"
+    else:
+        connection.settings_dict["PORT"] = "1"  # nothing listens there
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(saved)
+
+
+@pytest.fixture
+def broker_down(monkeypatch) -> Iterator[None]:
+    """Point Celery at a port where no broker listens."""
+    down = "redis://127.0.0.1:1/0"
+    # Celery reads CELERY_BROKER_URL from the environment before its config.
+    monkeypatch.setenv("CELERY_BROKER_URL", down)
+    saved = app.conf.broker_url
+    app.conf.broker_url = down
+    try:
+        yield
+    finally:
+        app.conf.broker_url = saved
+
+
+def test_health_is_ok_without_touching_anything(client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_reports_database_and_broker_ok(client) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readyz_names_the_database_when_it_is_down(client, database_down) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["database"] == "failing"
+    assert body["checks"]["broker"] == "ok"
+    assert "OperationalError" in body["errors"]["database"]
+
+
+@pytest.mark.django_db
+def test_readyz_names_the_broker_when_it_is_down(client, broker_down) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"] == {"database": "ok", "broker": "failing"}
+    assert "broker" in body["errors"]
+
+
+def test_health_rejects_post(client) -> None:
+    assert client.post("/health").status_code == 405

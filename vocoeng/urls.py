@@ -1,0 +1,25 @@
+"""Route the HTTP surface of ARCHITECTURE.md."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from conversations.api import ConversationViewSet, MessageViewSet
+from conversations.views import process
+
+from .health import health, readyz
+
+router = DefaultRouter()
+router.register("conversations", ConversationViewSet, basename="conversation")
+router.register("messages", MessageViewSet, basename="message")
+
+urlpatterns = [
+    path("health", health, name="health"),
+    path("readyz", readyz, name="readyz"),
+    path("process", process, name="process"),
+    path("api/v1/", include(router.urls)),
+    path("api-auth/", include("rest_framework.urls")),
+    path("admin/", admin.site.urls),
+]
