@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export DJANGO_DEV ?= 1
 
-.PHONY: run test lint format install migrate worker web bridge bench bench-ai clean
+.PHONY: run test lint format install migrate worker web bridge bench bench-ai \
+	bench-webhooks bench-bridge bench-pipeline bench-analytics clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,7 +50,19 @@ format: install
 bench-ai: install
 	$(PY) bench/ai_fanout.py
 
-bench: bench-ai
+bench-webhooks: install
+	$(PY) bench/webhooks.py
+
+bench-bridge: install
+	$(PY) bench/bridge.py
+
+bench-pipeline: install
+	$(PY) bench/pipeline.py
+
+bench-analytics: install
+	$(PY) bench/analytics.py
+
+bench: bench-ai bench-webhooks bench-bridge bench-pipeline bench-analytics
 
 clean:
 	rm -rf var/broker var/test

@@ -176,3 +176,48 @@ def firestore_emulator() -> Iterator:
         pytest.skip(f"Firestore emulator unavailable: {exc.reason}")
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_ai_server() -> Iterator:
+    """Run the loopback OpenAI/Anthropic stand-in for the session."""
+    from vocoeng.testing.fake_ai import FakeModelServer
+
+    server = FakeModelServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_ai(fake_ai_server, settings) -> Iterator:
+    """Point the providers at the fake model server: OpenAI first, then Anthropic.
+
+    Retries back off briefly so fault tests stay fast.
+    """
+    fake_ai_server.reset()
+    fake_ai_server.latency = 0.0
+    settings.AI_PROVIDER = "openai"
+    settings.AI_FALLBACK = ["anthropic"]
+    settings.OPENAI_API_KEY = "sk-test"
+    settings.OPENAI_BASE_URL = fake_ai_server.base_url
+    settings.OPENAI_MODEL = "gpt-4o-mini"
+    settings.ANTHROPIC_API_KEY = "sk-ant-test"
+    settings.ANTHROPIC_BASE_URL = fake_ai_server.anthropic_base_url
+    settings.ANTHROPIC_MODEL = "claude-3-5-haiku-latest"
+    settings.AI_RETRY_BACKOFF_SECONDS = 0.01
+    settings.AI_TIMEOUT_SECONDS = 5.0
+    yield fake_ai_server
+    fake_ai_server.reset()
+
+
+def fake_ai_env(server) -> dict[str, str]:
+    """Return the environment that points a worker process at ``server``."""
+    return {
+        "AI_PROVIDER": "openai",
+        "AI_FALLBACK": "anthropic",
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": server.base_url,
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": server.anthropic_base_url,
+        "AI_RETRY_BACKOFF_SECONDS": "0.01",
+    }

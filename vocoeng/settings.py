@@ -151,6 +151,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # httpx logs every request line (with URLs) at INFO.
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
     },
 }
 
@@ -229,6 +230,8 @@ PUBSUB_TOPIC_DEAD_LETTER = env.str(
 # share it without importing the apps.
 BUS_ROUTES = {
     "chat_message": "conversations.routes.chat_message",
+    "pipeline_job": "pipeline.routes.pipeline_job",
+    "voc_event": "analytics.routes.voc_event",
     **env.json("BUS_ROUTES", default={}),
 }
 

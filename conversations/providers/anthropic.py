@@ -31,6 +31,8 @@ class AnthropicProvider:
         temperature: float,
         **extra: Any,
     ) -> RawCompletion:
+        # anthropic 2.x's messages.create() no longer takes ``temperature``;
+        # the model's default sampling is used.
         kwargs: dict[str, Any] = {}
         if system:
             kwargs["system"] = system
@@ -38,7 +40,6 @@ class AnthropicProvider:
             resp = self.client.messages.create(
                 model=self.model,
                 max_tokens=max_tokens,
-                temperature=temperature,
                 messages=[{"role": m.role, "content": m.content} for m in messages],
                 **kwargs,
             )

@@ -32,7 +32,9 @@ def post(client, **body):
 
 
 def test_exchanges_are_stored_in_the_earlier_workers_schema(client, fs) -> None:
-    first = post(client, user_id="15550001", message="My order is late", message_id="f1")
+    first = post(
+        client, user_id="15550001", message="My order is late", message_id="f1"
+    )
     assert first.status_code == 200
     post(client, user_id="15550001", message="Any news?", message_id="f2")
 
