@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -131,6 +131,20 @@ def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
     )
 
 
+def _release_db_connection() -> None:
+    """Give the database connection back before a slow model call.
+
+    An `ai` worker runs ~100 threads; holding a connection each through a
+    model call of seconds would exhaust PostgreSQL's max_connections. The next
+    query reconnects. Inside a transaction (tests, callers' atomic blocks) the
+    connection is kept.
+    """
+    if not connection.in_atomic_block and not settings.DATABASES["default"].get(
+        "CONN_MAX_AGE"
+    ):
+        connection.close()
+
+
 def reply_generate(*, message_id: Any) -> Message | None:
     """Generate and store the reply to an inbound message, exactly once.
 
@@ -154,6 +168,7 @@ def reply_generate(*, message_id: Any) -> Message | None:
     try:
         history = store.history(inbound=inbound, limit=settings.AI_HISTORY_MESSAGES)
         turns = [*history, ChatTurn(role="user", content=inbound.content)]
+        _release_db_connection()
         completion = providers.generate(
             system=settings.AI_SYSTEM_PROMPT,
             messages=turns,
@@ -322,3 +337,93 @@ def reply_process_sync(*, message: Message) -> Message | None:
     reply_publish(reply_id=reply.pk)
     reply_deliver(reply_id=reply.pk)
     return _load_reply(reply.pk)
+
+
+# Outbound status order: a late "delivered" must not undo "read".
+_STATUS_RANK = {
+    Message.Status.PENDING: 0,
+    Message.Status.SENDING: 1,
+    Message.Status.LOGGED: 1,
+    Message.Status.SENT: 2,
+    Message.Status.DELIVERED: 3,
+    Message.Status.READ: 4,
+}
+
+
+def message_status_update(
+    *, channel: str, external_id: str, status: str, error: str = ""
+) -> bool:
+    """Move an outbound message's status forward from a channel's status report.
+
+    ``status`` is sent, delivered, read or failed (with ``error``). Returns
+    whether a message changed; an unknown id, a repeat or an older status
+    changes nothing. Never calls the AI.
+    """
+    reply = (
+        Message.objects.filter(
+            channel=channel, external_id=external_id, role=Message.Role.ASSISTANT
+        )
+        .only("pk", "status")
+        .first()
+    )
+    if reply is None:
+        return False
+    rank = _STATUS_RANK.get(reply.status)
+    updates: dict[str, Any]
+    if status == Message.Status.FAILED:
+        if rank is None or rank >= _STATUS_RANK[Message.Status.DELIVERED]:
+            return False
+        updates = {"status": Message.Status.FAILED, "error": error[:2000]}
+    else:
+        new_rank = _STATUS_RANK.get(status)
+        if new_rank is None or rank is None or new_rank <= rank:
+            return False
+        updates = {"status": status}
+    changed = (
+        Message.objects.filter(pk=reply.pk, status=reply.status).update(**updates) > 0
+    )
+    logger.info(
+        "message_status reply=%s status=%s changed=%s", reply.pk, status, changed
+    )
+    return changed
+
+
+_RATE_PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
+_RATE_PERIODS["d"] = _RATE_PERIODS["day"] = 86400
+
+
+def rate_limit_parse(value: str) -> tuple[int, int] | None:
+    """Return (count, seconds) of a limit like ``20/min``; None when disabled."""
+    if not value or value.strip() in ("0", "off", "none"):
+        return None
+    count, _, period = value.strip().partition("/")
+    seconds = _RATE_PERIODS.get(period.strip().lower() or "min")
+    if seconds is None or not count.strip().isdigit():
+        raise ValueError(f"rate limit {value!r} is not like '20/min'")
+    return int(count), seconds
+
+
+def message_rate_limited(*, tenant: Tenant, channel: str, user_id: str) -> bool:
+    """Return whether the sender used up AI_USER_RATE_LIMIT in its window.
+
+    Counts the sender's messages that went (or are going) to the model; stored
+    but ignored or rate-limited ones do not count. Concurrent deliveries may
+    overshoot by a few: this caps spend, it is not a quota.
+    """
+    limit = rate_limit_parse(settings.AI_USER_RATE_LIMIT)
+    if limit is None:
+        return False
+    count, seconds = limit
+    since = timezone.now() - timedelta(seconds=seconds)
+    used = (
+        Message.objects.filter(
+            conversation__tenant=tenant,
+            conversation__channel=channel,
+            conversation__external_user_id=user_id,
+            role=Message.Role.USER,
+            created_at__gte=since,
+        )
+        .exclude(status__in=(Message.Status.IGNORED, Message.Status.RATE_LIMITED))
+        .count()
+    )
+    return used >= count

@@ -225,6 +225,29 @@ PUBSUB_TOPIC_VOC = env.str("PUBSUB_TOPIC_VOC", default="voc-events")
 PUBSUB_TOPIC_DEAD_LETTER = env.str(
     "PUBSUB_TOPIC_DEAD_LETTER", default="vocoeng-dead-letter"
 )
+# Subscriptions the bridge pulls, one per inbound topic (named after it); the
+# subscription a message came on gives its kind when it has no `kind` attribute.
+PUBSUB_SUBSCRIPTION_MESSAGES = env.str(
+    "PUBSUB_SUBSCRIPTION_MESSAGES", default=f"{PUBSUB_TOPIC_MESSAGES}-bridge"
+)
+PUBSUB_SUBSCRIPTION_JOBS = env.str(
+    "PUBSUB_SUBSCRIPTION_JOBS", default=f"{PUBSUB_TOPIC_JOBS}-bridge"
+)
+PUBSUB_SUBSCRIPTION_VOC = env.str(
+    "PUBSUB_SUBSCRIPTION_VOC", default=f"{PUBSUB_TOPIC_VOC}-bridge"
+)
+# Keeps what lands on the dead-letter topic (a topic alone drops messages).
+PUBSUB_SUBSCRIPTION_DEAD_LETTER = env.str(
+    "PUBSUB_SUBSCRIPTION_DEAD_LETTER", default=f"{PUBSUB_TOPIC_DEAD_LETTER}-store"
+)
+# Seconds the bridge retries an enqueue while the broker is down before it
+# nacks the message (each nack counts towards the subscription's 5 attempts).
+PUBSUB_BRIDGE_BROKER_RETRY_SECONDS = env.float(
+    "PUBSUB_BRIDGE_BROKER_RETRY_SECONDS", default=30.0
+)
+# A dedup claim left "pending" longer than this (a bridge that died between
+# claim and enqueue) may be taken over by the next delivery.
+PUBSUB_BRIDGE_CLAIM_SECONDS = env.int("PUBSUB_BRIDGE_CLAIM_SECONDS", default=120)
 # kind → dotted path of the function that validates a message and builds its
 # Celery signature. Resolved lazily so the bus, the push endpoint and the bridge
 # share it without importing the apps.
@@ -287,6 +310,18 @@ WHATSAPP_API_BASE = env.str(
 AISENSY_WEBHOOK_SECRET = env.str("AISENSY_WEBHOOK_SECRET", default="")
 AISENSY_API_KEY = env.str("AISENSY_API_KEY", default="")
 AISENSY_API_BASE = env.str("AISENSY_API_BASE", default="https://backend.aisensy.com")
+# Template sent instead of text outside WhatsApp's 24 h window (error 131047):
+# "name" or "name:language" (default language en_US). Empty: record the failure.
+WHATSAPP_FALLBACK_TEMPLATE = env.str("WHATSAPP_FALLBACK_TEMPLATE", default="")
+WHATSAPP_TIMEOUT_SECONDS = env.float("WHATSAPP_TIMEOUT_SECONDS", default=10.0)
+# Messages per sender that may reach the model, e.g. "20/min"; "0" disables.
+AI_USER_RATE_LIMIT = env.str("AI_USER_RATE_LIMIT", default="20/min")
+# Pub/Sub push: when the audience is set, the OIDC token of each push is
+# verified. PUBSUB_PUSH_CERTS_FILE (JSON {kid: PEM cert}) replaces Google's
+# published certificates (tests); PUBSUB_PUSH_SERVICE_ACCOUNT pins the sender.
+PUBSUB_PUSH_AUDIENCE = env.str("PUBSUB_PUSH_AUDIENCE", default="")
+PUBSUB_PUSH_CERTS_FILE = env.str("PUBSUB_PUSH_CERTS_FILE", default="")
+PUBSUB_PUSH_SERVICE_ACCOUNT = env.str("PUBSUB_PUSH_SERVICE_ACCOUNT", default="")
 
 # --- Pipeline -----------------------------------------------------------------------
 WORKER_STEP_TIMEOUT_SECONDS = env.int("WORKER_STEP_TIMEOUT_SECONDS", default=300)
@@ -294,7 +329,61 @@ WORKER_JOB_TIMEOUT_SECONDS = env.int("WORKER_JOB_TIMEOUT_SECONDS", default=1800)
 MAX_RETRIES_PER_PERSONA = env.int("MAX_RETRIES_PER_PERSONA", default=3)
 RETRY_INITIAL_BACKOFF_SECONDS = env.float("RETRY_INITIAL_BACKOFF_SECONDS", default=1.0)
 RETRY_BACKOFF_MULTIPLIER = env.float("RETRY_BACKOFF_MULTIPLIER", default=2.0)
+# Personas that review a run when the request names none.
+PIPELINE_DEFAULT_PERSONAS = env.list(
+    "PIPELINE_DEFAULT_PERSONAS", default=["optimist", "skeptic", "engineer"]
+)
+# Reviews that must succeed for aggregation; 0 means all but one.
+PIPELINE_MIN_REVIEWS = env.int("PIPELINE_MIN_REVIEWS", default=0)
+PIPELINE_MAX_PERSONAS = env.int("PIPELINE_MAX_PERSONAS", default=10)
+PIPELINE_MAX_IDEA_CHARS = env.int("PIPELINE_MAX_IDEA_CHARS", default=8000)
+# Hard limit = step timeout + grace; a running claim older than that is stale.
+PIPELINE_STEP_GRACE_SECONDS = env.int("PIPELINE_STEP_GRACE_SECONDS", default=10)
+# How soon a task looks again when a step it needs is held by another worker.
+PIPELINE_WAIT_SECONDS = env.float("PIPELINE_WAIT_SECONDS", default=0.5)
+# https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html#beat-entries
+# (django_celery_beat's DatabaseScheduler loads these static entries too.)
+CELERY_BEAT_SCHEDULE = {
+    "pipeline-reap": {
+        "task": "pipeline.reap",
+        "schedule": env.float("PIPELINE_REAPER_INTERVAL_SECONDS", default=30.0),
+    },
+}
 
 # --- Analytics ----------------------------------------------------------------------
 VOC_BATCH_SIZE = env.int("VOC_BATCH_SIZE", default=500)
 VOC_FLUSH_SECONDS = env.float("VOC_FLUSH_SECONDS", default=2.0)
+# Most events one POST /api/v1/analytics/events/ may carry.
+VOC_MAX_BATCH = env.int("VOC_MAX_BATCH", default=1000)
+# Keyword taxonomy for event topics: {"topic": ["keyword", ...]} (JSON).
+VOC_TOPICS: dict[str, list[str]] = env.json(
+    "VOC_TOPICS",
+    default={
+        "billing": [
+            "bill",
+            "billing",
+            "invoice",
+            "charge",
+            "charged",
+            "refund",
+            "payment",
+            "price",
+            "subscription",
+        ],
+        "delivery": [
+            "delivery",
+            "shipping",
+            "shipped",
+            "package",
+            "tracking",
+            "courier",
+            "late",
+        ],
+        "account": ["account", "login", "password", "sign in", "locked", "profile"],
+        "technical": ["error", "bug", "crash", "broken", "outage", "slow", "app"],
+        "cancellation": ["cancel", "cancellation", "unsubscribe", "close account"],
+    },
+)
+# Set (to a writable, emptied-at-start folder) when gunicorn runs several workers:
+# prometheus_client then aggregates the metrics of all processes (README).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")

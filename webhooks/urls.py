@@ -2,4 +2,13 @@
 
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+app_name = "webhooks"
+
+urlpatterns = [
+    path("whatsapp/", views.whatsapp, name="whatsapp"),
+    path("aisensy/", views.aisensy, name="aisensy"),
+]

@@ -1,0 +1,221 @@
+"""Decide what one Pub/Sub message becomes: a chain in the broker, or not.
+
+decode → route → enqueue → record, with a durable dedup claim around it. The
+caller acks every outcome except RETRY, which it nacks for redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from celery.canvas import Signature
+from django.db import DatabaseError, connection
+from kombu.exceptions import OperationalError as BrokerError
+
+from vocoeng import pubsub
+from vocoeng.correlation import headers_for
+from vocoeng.deadletters import dead_letter_publish, dead_letter_record
+from vocoeng.routing import PermanentMessageError, decode_json, route_message
+
+from .dedup import Claim, dedup_claim, dedup_finish, dedup_release
+
+logger = logging.getLogger("webhooks.bridge")
+
+# After this many deliveries an unexpected error is treated as permanent, so the
+# message is recorded here (with its reason) rather than silently forwarded by
+# the subscription's own dead-letter policy.
+MAX_ATTEMPTS = pubsub.MAX_DELIVERY_ATTEMPTS
+
+
+class Outcome(StrEnum):
+    """Say what became of a message; every outcome but RETRY is acked."""
+
+    ENQUEUED = "enqueued"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+    RETRY = "retry"
+
+
+class BrokerUnavailable(Exception):
+    """Report that the broker did not accept the chain within the retry window."""
+
+
+@dataclass
+class Delivery:
+    """Hold what the bridge needs of one delivered Pub/Sub message."""
+
+    subscription: str
+    message_id: str
+    data: bytes
+    attributes: dict[str, str]
+    delivery_attempt: int | None = None
+    default_kind: str = ""
+    kind: str = field(init=False)
+    key: str = field(init=False)
+    correlation_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kind = self.attributes.get("kind") or self.default_kind
+        self.key = self.attributes.get("idempotency_key") or self.message_id
+        self.correlation_id = (
+            self.attributes.get("correlation_id") or f"pubsub-{self.message_id}"
+        )
+
+
+_LINE = (
+    "bridge_message event=%s subscription=%s message_id=%s kind=%s key=%s "
+    "correlation_id=%s attempt=%s"
+)
+
+
+def _log(event: str, d: Delivery, extra: str = "", *args: object) -> None:
+    line = _LINE + extra  # extra is a constant format suffix
+    logger.info(
+        line,
+        event,
+        d.subscription,
+        d.message_id,
+        d.kind or "-",
+        d.key,
+        d.correlation_id,
+        d.delivery_attempt,
+        *args,
+    )
+
+
+def enqueue(
+    signature: Signature,
+    *,
+    correlation_id: str,
+    retry_seconds: float,
+    stop: threading.Event,
+) -> str:
+    """Send ``signature`` to the broker and return the task id once accepted.
+
+    ``retry=False`` makes a broker outage raise at once instead of kombu's
+    long connection retries; this loop retries with backoff for up to
+    ``retry_seconds`` (or until ``stop``), then raises BrokerUnavailable.
+    """
+    started = time.monotonic()
+    delay = 0.25
+    while True:
+        try:
+            result = signature.apply_async(
+                headers=headers_for(correlation_id), retry=False
+            )
+            return result.id
+        except (BrokerError, OSError) as exc:
+            waited = time.monotonic() - started
+            if stop.is_set() or waited + delay > retry_seconds:
+                raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+            logger.warning(
+                "bridge_broker_unavailable error=%s retry_in=%.2fs", exc, delay
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def message_handle(
+    delivery: Delivery, *, retry_seconds: float, stop: threading.Event
+) -> Outcome:
+    """Handle one delivery: enqueue its chain once, or say why not."""
+    d = delivery
+    _log("received", d)
+    try:
+        claim = dedup_claim(kind=d.kind or "-", key=d.key, message_id=d.message_id)
+    except DatabaseError as exc:
+        connection.close()
+        _log("nacked", d, " reason=%s", f"database: {exc}")
+        return Outcome.RETRY
+    if claim is Claim.DONE:
+        _log("duplicate", d)
+        return Outcome.DUPLICATE
+    if claim is Claim.BUSY:
+        # Another delivery of the same key is being enqueued right now; come
+        # back once it is done (then this one is a duplicate).
+        _log("nacked", d, " reason=%s", "same key in flight")
+        stop.wait(0.5)
+        return Outcome.RETRY
+    try:
+        return _handle_claimed(d, retry_seconds=retry_seconds, stop=stop)
+    except BaseException:
+        dedup_release(kind=d.kind or "-", key=d.key)
+        raise
+
+
+def _handle_claimed(d: Delivery, *, retry_seconds: float, stop: threading.Event):
+    kind = d.kind or "-"
+    try:
+        if not d.kind:
+            raise PermanentMessageError(
+                f"no kind attribute, and subscription {d.subscription} has no kind"
+            )
+        signature = route_message(
+            kind=d.kind, data=decode_json(d.data), attributes=d.attributes
+        )
+    except PermanentMessageError as exc:
+        return _dead_letter(d, exc.reason)
+    except DatabaseError as exc:
+        connection.close()
+        return _retry_or_dead_letter(d, f"database: {exc}")
+    except Exception as exc:  # a bug in a route: retry, then dead-letter
+        logger.exception("bridge_route_failed message_id=%s", d.message_id)
+        return _retry_or_dead_letter(d, f"{type(exc).__name__}: {exc}")
+
+    if signature is None:  # the route stored it before and has nothing to do
+        dedup_finish(kind=kind, key=d.key)
+        _log("duplicate", d, " reason=%s", "route has nothing to enqueue")
+        return Outcome.DUPLICATE
+    try:
+        task_id = enqueue(
+            signature,
+            correlation_id=d.correlation_id,
+            retry_seconds=retry_seconds,
+            stop=stop,
+        )
+    except BrokerUnavailable as exc:
+        dedup_release(kind=kind, key=d.key)
+        _log("nacked", d, " reason=%s", f"broker unavailable: {exc}")
+        return Outcome.RETRY
+    # The broker has the chain: a crash from here on re-enqueues it after the
+    # claim goes stale, which the idempotent chain absorbs (see dedup).
+    dedup_finish(kind=kind, key=d.key)
+    _log("enqueued", d, " task_id=%s", task_id)
+    return Outcome.ENQUEUED
+
+
+def _retry_or_dead_letter(d: Delivery, reason: str) -> Outcome:
+    if (d.delivery_attempt or 0) >= MAX_ATTEMPTS:
+        return _dead_letter(d, f"failed {d.delivery_attempt} times: {reason}")
+    dedup_release(kind=d.kind or "-", key=d.key)
+    _log("nacked", d, " reason=%s", reason)
+    return Outcome.RETRY
+
+
+def _dead_letter(d: Delivery, reason: str) -> Outcome:
+    """Record the message with its reason, publish it to the dead-letter topic."""
+    kind = d.kind or "-"
+    try:
+        letter = dead_letter_record(
+            source="bridge",
+            subscription=d.subscription,
+            message_id=d.message_id,
+            kind=d.kind,
+            data=d.data,
+            attributes=d.attributes,
+            reason=reason,
+        )
+        dead_letter_publish(letter=letter)
+    except (pubsub.PubSubError, DatabaseError) as exc:
+        if isinstance(exc, DatabaseError):
+            connection.close()
+        dedup_release(kind=kind, key=d.key)
+        _log("nacked", d, " reason=%s", f"dead letter not recorded: {exc}")
+        return Outcome.RETRY
+    dedup_finish(kind=kind, key=d.key, dead=True)
+    _log("dead_lettered", d, " reason=%s", reason)
+    return Outcome.DEAD_LETTERED

@@ -1,0 +1,67 @@
+"""Record every inbound webhook delivery, raw, so it can be audited and replayed."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from conversations.models import Message
+
+
+class WebhookDelivery(models.Model):
+    """Keep one HTTP delivery as received, with what became of it."""
+
+    class Source(models.TextChoices):
+        WHATSAPP = "whatsapp"
+        AISENSY = "aisensy"
+        API = "api"
+        PUBSUB = "pubsub"
+
+    class Verdict(models.TextChoices):
+        RECEIVED = "received"  # recorded, not processed yet
+        PROCESSED = "processed"  # acted on (some parts may have been ignored)
+        IGNORED = "ignored"  # well-formed, nothing VocoEng acts on
+        REJECTED = "rejected"  # malformed or invalid: answered 4xx / dead-lettered
+        UNAUTHORIZED = "unauthorized"  # bad or missing signature / credentials
+        FAILED = "failed"  # our side failed (DB, broker): answered 5xx, retried
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    headers = models.JSONField(default=dict, blank=True)
+    body = models.TextField(blank=True)
+    verdict = models.CharField(
+        max_length=16,
+        choices=Verdict.choices,
+        default=Verdict.RECEIVED,
+        db_index=True,
+    )
+    error = models.TextField(blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    replays = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["source", "verdict"])]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.received_at:%Y-%m-%d %H:%M:%S} {self.verdict}"
+
+
+class InboundMessage(Message):
+    """Show users' messages in the admin (a proxy of conversations.Message)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "inbound message"
+
+
+class OutboundMessage(Message):
+    """Show replies and their delivery status in the admin (a proxy)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "outbound message"

@@ -1,0 +1,295 @@
+"""The WhatsApp webhook: handshake, signatures, recording, parsing, storing."""
+
+from __future__ import annotations
+
+import pytest
+
+from conversations.models import Message
+from webhooks.models import WebhookDelivery
+from webhooks.tests import payloads as p
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def test_handshake_echoes_the_challenge(client) -> None:
+    ok = client.get(
+        "/webhooks/whatsapp/",
+        {
+            "hub.mode": "subscribe",
+            "hub.verify_token": "verify-me",
+            "hub.challenge": "42",
+        },
+    )
+    assert ok.status_code == 200
+    assert ok.content == b"42"
+    assert ok["Content-Type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"},
+        {
+            "hub.mode": "unsubscribe",
+            "hub.verify_token": "verify-me",
+            "hub.challenge": "1",
+        },
+        {"hub.challenge": "1"},
+    ],
+)
+def test_handshake_with_wrong_token_or_mode_is_403(client, params) -> None:
+    assert client.get("/webhooks/whatsapp/", params).status_code == 403
+
+
+def test_missing_signature_is_401_and_nothing_processed(post_whatsapp, queued) -> None:
+    response = post_whatsapp(p.notification([p.text("15551230001", "hi")]), sign=False)
+    assert response.status_code == 401
+    assert not Message.objects.exists()
+    assert queued() == 0
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.verdict == "unauthorized"
+    assert delivery.body == ""
+
+
+def test_wrong_signature_is_403_and_nothing_processed(post_whatsapp, queued) -> None:
+    body = p.notification([p.text("15551230001", "hi")])
+    _, other = p.signed(body, secret="not-the-secret")
+    assert post_whatsapp(body, signature=other).status_code == 403
+    assert post_whatsapp(body, signature="sha256=zz").status_code == 403
+    assert not Message.objects.exists()
+    assert queued() == 0
+
+
+def test_text_message_is_stored_once_and_one_chain_enqueued(
+    post_whatsapp, queued
+) -> None:
+    body = p.notification([p.text("15551230001", "Hello there")])
+    first = post_whatsapp(body)
+    assert first.status_code == 200
+    for _ in range(3):  # Meta retries the same delivery
+        assert post_whatsapp(body).status_code == 200
+    inbound = Message.objects.get()
+    assert inbound.content == "Hello there"
+    assert inbound.channel == "whatsapp"
+    assert inbound.status == "received"
+    assert inbound.conversation.external_user_id == "15551230001"
+    assert inbound.metadata["phone_number_id"] == p.PHONE_NUMBER_ID
+    assert inbound.metadata["profile_name"] == "User 0001"
+    assert queued() == 1
+    deliveries = WebhookDelivery.objects.order_by("received_at")
+    assert [d.verdict for d in deliveries] == ["processed"] * 4
+    assert deliveries[0].summary["messages"] == {"queued": 1}
+    assert deliveries[3].summary["messages"] == {"duplicate": 1}
+    assert deliveries[0].headers["X-Hub-Signature-256"].startswith("sha256=")
+
+
+def test_batch_from_several_users_with_every_type(post_whatsapp, queued) -> None:
+    a, b, c = "15551230001", "15551230002", "919800000003"
+    target = p.wamid()
+    messages = [
+        p.text(a, "first", id=target),
+        p.image(a, "my receipt"),
+        p.image(b),
+        p.media(b, "audio", voice=True),
+        p.media(b, "video", caption="clip"),
+        p.media(c, "document", filename="invoice.pdf", caption="see attached"),
+        p.media(c, "sticker", animated=False),
+        p.location(a, 12.9716, 77.5946, name="Cubbon Park", address="Bengaluru"),
+        p.contacts(b, "Asha Rao", "+919812345678"),
+        p.button_reply(c, "Yes, confirm"),
+        p.list_reply(a, "Premium plan", "Rs 999/month"),
+        p.reaction(b, "👍", target),
+        p.unsupported(c),
+    ]
+    response = post_whatsapp(p.notification(messages))
+    assert response.status_code == 200
+    stored = {m.external_id: m for m in Message.objects.all()}
+    assert len(stored) == len(messages)
+    content = [stored[m["id"]].content for m in messages]
+    assert content == [
+        "first",
+        "[image: my receipt]",
+        "[image]",
+        "[audio]",
+        "[video: clip]",
+        "[document: see attached]",
+        "[sticker]",
+        "[location: 12.9716, 77.5946] Cubbon Park, Bengaluru",
+        "[contacts: Asha Rao +919812345678]",
+        "Yes, confirm",
+        "Premium plan (Rs 999/month)",
+        "[reaction: 👍]",
+        "[unsupported]",
+    ]
+    image = stored[messages[1]["id"]]
+    assert image.metadata["media_id"] == "1479537139650973"
+    assert image.metadata["mime_type"] == "image/jpeg"
+    assert stored[messages[5]["id"]].metadata["filename"] == "invoice.pdf"
+    assert stored[messages[9]["id"]].metadata["reply_id"] == "btn-1"
+    reaction = stored[messages[11]["id"]]
+    assert reaction.status == "ignored"
+    assert reaction.metadata["reacted_to"] == target
+    assert stored[messages[12]["id"]].status == "ignored"
+    assert queued() == len(messages) - 2  # no AI for the reaction and unknown
+    users = {m.conversation.external_user_id for m in stored.values()}
+    assert users == {a, b, c}
+
+
+def _reply(user: str, wamid: str, status: str = "sent") -> Message:
+    from conversations.services import message_receive
+    from vocoeng.services import tenant_get_default
+
+    inbound, _ = message_receive(
+        tenant=tenant_get_default(),
+        channel="whatsapp",
+        user_id=user,
+        text="hi",
+        external_id=p.wamid(),
+        status="replied",
+    )
+    return Message.objects.create(
+        conversation=inbound.conversation,
+        channel="whatsapp",
+        role="assistant",
+        content="hello",
+        status=status,
+        reply_to=inbound,
+        external_id=wamid,
+    )
+
+
+def test_statuses_move_the_outbound_message_forward_only(post_whatsapp, queued) -> None:
+    user, out = "15551230009", p.wamid()
+    reply = _reply(user, out)
+    for value, expected in [
+        ("delivered", "delivered"),
+        ("read", "read"),
+        ("delivered", "read"),  # late and out of order: no step back
+    ]:
+        assert (
+            post_whatsapp(
+                p.notification(statuses=[p.status(out, value, user)])
+            ).status_code
+            == 200
+        )
+        reply.refresh_from_db()
+        assert reply.status == expected
+    assert queued() == 0
+    assert Message.objects.filter(role="user").count() == 1  # nothing new stored
+
+
+def test_failed_status_records_the_error(post_whatsapp, queued) -> None:
+    user, out = "15551230010", p.wamid()
+    reply = _reply(user, out)
+    failed = p.status(out, "failed", user, error=(131026, "Message undeliverable"))
+    assert post_whatsapp(p.notification(statuses=[failed])).status_code == 200
+    reply.refresh_from_db()
+    assert reply.status == "failed"
+    assert reply.error.startswith("131026 Message undeliverable")
+    assert queued() == 0
+
+
+def test_status_for_an_unknown_message_is_recorded_and_ignored(post_whatsapp) -> None:
+    body = p.notification(statuses=[p.status(p.wamid(), "read", "15551230011")])
+    assert post_whatsapp(body).status_code == 200
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.summary["statuses"] == 1
+    assert delivery.summary["statuses_applied"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        p.template_status_update(),
+        p.account_update(),
+        p.envelope([{"field": "calls", "value": {"calls": [{"id": "c1"}]}}]),
+        p.envelope([{"field": "some_future_field", "value": {"x": 1}}]),
+        p.envelope([{"field": "messages", "value": {"message_echoes": []}}]),
+        {"object": "whatsapp_business_account", "entry": []},
+    ],
+)
+def test_fields_vocoeng_does_not_act_on_are_200_recorded_ignored(
+    post_whatsapp, queued, body
+) -> None:
+    assert post_whatsapp(body).status_code == 200
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.verdict == "ignored"
+    assert not Message.objects.exists()
+    assert queued() == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "body is not JSON"),
+        (b"\xff\xfe", "body is not JSON"),
+        (b'["a", "list"]', "not a JSON object"),
+        (b'{"object": "page", "entry": []}', "not 'whatsapp_business_account'"),
+        (b'{"object": "whatsapp_business_account"}', "entry is missing"),
+    ],
+)
+def test_malformed_body_is_400_with_reason_and_recorded(
+    post_whatsapp, queued, raw, reason
+) -> None:
+    response = post_whatsapp(raw)
+    assert response.status_code == 400
+    assert reason in response.json()["error"]
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.verdict == "rejected"
+    assert reason in delivery.error
+    assert queued() == 0
+
+
+def test_message_without_id_is_skipped_with_reason_others_kept(
+    post_whatsapp, queued
+) -> None:
+    bad = {"from": "15551230012", "type": "text", "text": {"body": "x"}}
+    good = p.text("15551230012", "kept")
+    assert post_whatsapp(p.notification([bad, good])).status_code == 200
+    assert Message.objects.get().content == "kept"
+    assert "without id" in WebhookDelivery.objects.get().error
+
+
+def test_broker_failure_answers_503_and_the_retry_enqueues(
+    post_whatsapp, monkeypatch, queued
+) -> None:
+    from celery.canvas import Signature
+
+    def broken(self, *a, **k):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(Signature, "apply_async", broken)
+    body = p.notification([p.text("15551230013", "are you there")])
+    response = post_whatsapp(body)
+    assert response.status_code == 503
+    assert WebhookDelivery.objects.get().verdict == "failed"
+    # The message was committed before the broker call; once it is older than
+    # the requeue window, Meta's retry enqueues its chain again.
+    monkeypatch.undo()
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    Message.objects.update(created_at=timezone.now() - timedelta(minutes=5))
+    assert post_whatsapp(body).status_code == 200
+    assert queued() == 1
+    assert Message.objects.count() == 1
+
+
+def test_rate_limited_sender_is_stored_without_ai(
+    post_whatsapp, queued, settings
+) -> None:
+    settings.AI_USER_RATE_LIMIT = "2/min"
+    user = "15551230014"
+    for i in range(3):
+        assert (
+            post_whatsapp(p.notification([p.text(user, f"msg {i}")])).status_code == 200
+        )
+    statuses = list(
+        Message.objects.order_by("created_at").values_list("status", flat=True)
+    )
+    assert statuses == ["received", "received", "rate_limited"]
+    assert queued() == 2
+    # Another sender is not affected.
+    post_whatsapp(p.notification([p.text("15551230015", "hello")]))
+    assert queued() == 3

@@ -1,0 +1,97 @@
+"""Webhook endpoints: verify, record the raw delivery, hand off, answer fast."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from . import services
+from .models import WebhookDelivery
+from .security import shared_secret_valid, whatsapp_signature_valid
+
+logger = logging.getLogger(__name__)
+
+
+def _process(
+    request: HttpRequest, *, source: str, process: services.Processor
+) -> HttpResponse:
+    delivery = services.delivery_record(
+        source=source, body=request.body, headers=dict(request.headers)
+    )
+    try:
+        summary = process(delivery=delivery)
+    except services.DeliveryRejected as exc:
+        return JsonResponse({"error": exc.reason}, status=400)
+    except Exception as exc:  # DB or broker down: answer 503 so the sender retries
+        logger.exception("webhook_failed source=%s delivery=%s", source, delivery.pk)
+        try:
+            services.delivery_fail(
+                delivery=delivery, error=f"{type(exc).__name__}: {exc}"
+            )
+        except DatabaseError:
+            pass
+        return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
+    return JsonResponse({"status": "ok", "delivery": str(delivery.pk), **summary})
+
+
+def _unauthorized(source: str, reason: str, status: int) -> JsonResponse:
+    # Recorded without the body: an unsigned request is not worth keeping.
+    services.delivery_record(
+        source=source,
+        body=b"",
+        headers={},
+        verdict=WebhookDelivery.Verdict.UNAUTHORIZED,
+        error=reason,
+    )
+    logger.warning("webhook_unauthorized source=%s reason=%s", source, reason)
+    return JsonResponse({"error": reason}, status=status)
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def whatsapp(request: HttpRequest) -> HttpResponse:
+    """Answer Meta's verification handshake (GET) or take a notification (POST)."""
+    if request.method == "GET":
+        token = settings.WHATSAPP_VERIFY_TOKEN
+        if (
+            request.GET.get("hub.mode") == "subscribe"
+            and token
+            and shared_secret_valid(
+                given=request.GET.get("hub.verify_token", ""), secret=token
+            )
+        ):
+            return HttpResponse(
+                request.GET.get("hub.challenge", ""), content_type="text/plain"
+            )
+        return HttpResponse(
+            "verification failed", status=403, content_type="text/plain"
+        )
+    header = request.headers.get("X-Hub-Signature-256", "")
+    if not header:
+        return _unauthorized("whatsapp", "X-Hub-Signature-256 is missing", 401)
+    if not whatsapp_signature_valid(
+        body=request.body, header=header, secret=settings.WHATSAPP_APP_SECRET
+    ):
+        return _unauthorized("whatsapp", "X-Hub-Signature-256 does not match", 403)
+    return _process(
+        request, source="whatsapp", process=services.whatsapp_delivery_process
+    )
+
+
+@csrf_exempt
+@require_POST
+def aisensy(request: HttpRequest) -> HttpResponse:
+    """Take an AiSensy event; the shared secret comes in ``X-AiSensy-Secret``."""
+    given = request.headers.get("X-AiSensy-Secret", "")
+    if not given:
+        return _unauthorized("aisensy", "X-AiSensy-Secret is missing", 401)
+    if not shared_secret_valid(given=given, secret=settings.AISENSY_WEBHOOK_SECRET):
+        return _unauthorized("aisensy", "X-AiSensy-Secret does not match", 403)
+    return _process(
+        request, source="aisensy", process=services.aisensy_delivery_process
+    )
