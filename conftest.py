@@ -221,3 +221,40 @@ def fake_ai_env(server) -> dict[str, str]:
         "ANTHROPIC_BASE_URL": server.anthropic_base_url,
         "AI_RETRY_BACKOFF_SECONDS": "0.01",
     }
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator:
+    """Run the in-repository Pub/Sub emulator (gRPC, loopback) for the session."""
+    from vocoeng.pubsub_emulator import PubSubEmulator
+
+    emulator = PubSubEmulator(host="127.0.0.1")
+    emulator.start()
+    yield emulator
+    # Cached clients hold streams to it; drop them first so stop() is prompt.
+    from vocoeng import pubsub
+
+    pubsub.reset_clients()
+    emulator.stop()
+
+
+def pubsub_env(emulator, project: str = "vocoeng-test") -> dict[str, str]:
+    """Return the environment that points a process (bridge, worker) at ``emulator``."""
+    return {"PUBSUB_EMULATOR_HOST": emulator.address, "PUBSUB_PROJECT_ID": project}
+
+
+@pytest.fixture
+def pubsub_settings(pubsub_emulator, settings, monkeypatch) -> Iterator[dict[str, str]]:
+    """Point settings and os.environ at the emulator, in a project of this test.
+
+    Yields the environment for child processes (see ``pubsub_env``).
+    """
+    from vocoeng import pubsub
+
+    env = pubsub_env(pubsub_emulator, project=f"t{uuid.uuid4().hex[:12]}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+        setattr(settings, name, value)
+    pubsub.reset_clients()
+    yield env
+    pubsub.reset_clients()

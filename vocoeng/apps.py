@@ -9,3 +9,7 @@ class VocoengConfig(AppConfig):
     name = "vocoeng"
     verbose_name = "VocoEng"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Connect the Celery signals that carry correlation ids (web, worker, bridge).
+        from . import correlation  # noqa: F401

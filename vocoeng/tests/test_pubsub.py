@@ -1,0 +1,118 @@
+"""The Pub/Sub module and ``pubsub_setup`` through the real client and emulator."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+
+from vocoeng import bus, pubsub
+from vocoeng.models import BusMessage
+
+pytestmark = [pytest.mark.timeout(60)]
+
+
+def _setup() -> str:
+    out = io.StringIO()
+    call_command("pubsub_setup", stdout=out)
+    return out.getvalue()
+
+
+def _pull(subscription: str, max_messages: int = 10) -> list:
+    client = pubsub.subscriber()
+    response = client.pull(
+        request={
+            "subscription": pubsub.subscription_path(subscription),
+            "max_messages": max_messages,
+            "return_immediately": True,
+        }
+    )
+    received = list(response.received_messages)
+    if received:
+        client.acknowledge(
+            request={
+                "subscription": pubsub.subscription_path(subscription),
+                "ack_ids": [r.ack_id for r in received],
+            }
+        )
+    return [r.message for r in received]
+
+
+def _state(settings) -> dict:
+    client = pubsub.publisher()
+    project = f"projects/{settings.PUBSUB_PROJECT_ID}"
+    topics = sorted(t.name for t in client.list_topics(request={"project": project}))
+    subs = {
+        s.name.rsplit("/", 1)[1]: pubsub.subscription_describe(s.name.rsplit("/", 1)[1])
+        for s in pubsub.subscriber().list_subscriptions(request={"project": project})
+    }
+    return {"topics": topics, "subscriptions": subs}
+
+
+def test_pubsub_setup_twice_yields_the_same_state(pubsub_settings, settings) -> None:
+    first = _setup()
+    state = _state(settings)
+    second = _setup()
+
+    assert _state(settings) == state
+    assert first.count(": created") == 9 and ": found" not in first
+    assert second.count(": found") == 9 and ": created" not in second
+    assert len(state["topics"]) == 5
+    bridge = state["subscriptions"][settings.PUBSUB_SUBSCRIPTION_MESSAGES]
+    assert bridge == {
+        "name": settings.PUBSUB_SUBSCRIPTION_MESSAGES,
+        "topic": settings.PUBSUB_TOPIC_MESSAGES,
+        "ack_deadline_seconds": 600,
+        "retention_seconds": 7 * 24 * 3600,
+        "dead_letter_topic": settings.PUBSUB_TOPIC_DEAD_LETTER,
+        "max_delivery_attempts": 5,
+    }
+    for name in (settings.PUBSUB_SUBSCRIPTION_JOBS, settings.PUBSUB_SUBSCRIPTION_VOC):
+        assert state["subscriptions"][name]["max_delivery_attempts"] == 5
+    store = state["subscriptions"][settings.PUBSUB_SUBSCRIPTION_DEAD_LETTER]
+    assert store["dead_letter_topic"] == ""
+
+
+def test_publish_delivers_data_and_attributes(pubsub_settings, settings) -> None:
+    _setup()
+    message_id = pubsub.publish(
+        topic=settings.PUBSUB_TOPIC_MESSAGES, data=b'{"a": 1}', attributes={"k": "v"}
+    )
+    (message,) = _pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES)
+    assert message.message_id == message_id
+    assert message.data == b'{"a": 1}'
+    assert dict(message.attributes) == {"k": "v"}
+
+
+def test_publish_to_a_missing_topic_is_a_permanent_error(pubsub_settings) -> None:
+    with pytest.raises(pubsub.PubSubError) as raised:
+        pubsub.publish(topic="not-created", data=b"x", attributes={})
+    assert raised.value.transient is False
+    assert "not-created does not exist" in str(raised.value)
+
+
+def test_describe_missing_subscription_says_run_setup(pubsub_settings) -> None:
+    with pytest.raises(pubsub.SubscriptionNotFound, match="pubsub_setup"):
+        pubsub.subscription_describe("nope-bridge")
+
+
+@pytest.mark.django_db
+def test_bus_pubsub_publishes_an_inbound_message_once(pubsub_settings, settings):
+    settings.BUS = "pubsub"
+    _setup()
+    payload = {"source": "api", "user_id": "u1", "message": "hi", "message_id": "m-1"}
+    for _ in range(2):  # a retried publish (same key) goes out once
+        record = bus.publish(
+            topic=settings.PUBSUB_TOPIC_MESSAGES, payload=payload, key="m-1"
+        )
+    assert record is not None and record.pubsub_message_id
+    assert BusMessage.objects.count() == 1
+
+    (message,) = _pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES)
+    assert message.message_id == record.pubsub_message_id
+    assert json.loads(message.data) == payload
+    assert message.attributes["kind"] == "chat_message"
+    assert message.attributes["idempotency_key"] == "m-1"
+    assert _pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES) == []
