@@ -1,0 +1,28 @@
+"""Talk to AiSensy's send API (its Cloud API pass-through): the only module that does.
+
+AiSensy's direct API takes the Cloud API message body at
+``POST {AISENSY_API_BASE}/direct-apis/t1/messages`` with the project's API key
+as bearer token and answers like the Graph API, so errors map the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from .whatsapp_client import WhatsAppConfig, send
+
+DIRECT_PATH = "/direct-apis/t1/messages"
+
+
+def aisensy_send(*, body: dict[str, Any]) -> str:
+    """Send one message through AiSensy and return its id; raise WhatsAppError."""
+    base = settings.AISENSY_API_BASE.rstrip("/") + DIRECT_PATH
+    config = WhatsAppConfig(
+        api_base=base.rsplit("/", 2)[0],
+        access_token=settings.AISENSY_API_KEY,
+        timeout=settings.WHATSAPP_TIMEOUT_SECONDS,
+    )
+    # send() appends "/{id}/messages": the direct path ends ".../t1/messages".
+    return send(config=config, phone_number_id="t1", body=body)
