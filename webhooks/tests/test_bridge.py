@@ -1,0 +1,205 @@
+"""``manage.py pubsub_bridge`` as a child process: real Pub/Sub client + emulator,
+a real Celery worker, the test database."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from django.core.management import call_command
+
+from conftest import database_url, wait_for
+from conversations.models import AICall, Message
+from vocoeng import pubsub
+from vocoeng.models import DeadLetter, ProcessedMessage
+from webhooks.bridge.testing import BridgeProcess
+
+pytestmark = [pytest.mark.timeout(90)]
+
+
+def chat(n: int | str, text: str = "Hello bridge") -> bytes:
+    return json.dumps(
+        {"source": "api", "user_id": f"u{n}", "message": text, "message_id": f"m-{n}"}
+    ).encode()
+
+
+def publish_all(topic: str, items: list[tuple[bytes, dict[str, str]]]) -> list[str]:
+    futures = [
+        pubsub.publish_async(topic=topic, data=data, attributes=attrs)
+        for data, attrs in items
+    ]
+    return [f.result(timeout=30) for f in futures]
+
+
+def pull(subscription: str) -> list:
+    """Unary-pull and ack what is there now."""
+    client = pubsub.subscriber()
+    path = pubsub.subscription_path(subscription)
+    got = []
+    for _ in range(3):
+        response = client.pull(
+            request={
+                "subscription": path,
+                "max_messages": 100,
+                "return_immediately": True,
+            }
+        )
+        if response.received_messages:
+            client.acknowledge(
+                request={
+                    "subscription": path,
+                    "ack_ids": [r.ack_id for r in response.received_messages],
+                }
+            )
+            got.extend(r.message for r in response.received_messages)
+    return got
+
+
+@pytest.fixture
+def bridge_env(pubsub_settings, transactional_db) -> dict[str, str]:
+    call_command("pubsub_setup", stdout=io.StringIO())
+    return {**pubsub_settings, "DATABASE_URL": database_url()}
+
+
+@pytest.fixture
+def start_bridge(bridge_env) -> Iterator:
+    bridges: list[BridgeProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True):
+        bridge = BridgeProcess(*args, env={**bridge_env, **(env or {})})
+        bridges.append(bridge.start(wait=wait))
+        return bridge
+
+    yield start
+    for bridge in bridges:
+        bridge.stop()
+
+
+def chains_started(worker) -> int:
+    """Return how many reply chains the worker received (first task of each)."""
+    return sum(
+        "conversations.reply_generate[" in line and " received" in line
+        for line in worker.output().splitlines()
+    )
+
+
+def replies() -> int:
+    return Message.objects.filter(
+        role="assistant", status=Message.Status.DELIVERED
+    ).count()
+
+
+def test_each_message_is_handled_once_with_duplicates_injected(
+    settings, celery_worker_factory, start_bridge
+) -> None:
+    worker = celery_worker_factory()
+    topic = settings.PUBSUB_TOPIC_MESSAGES
+    # A second subscription on the same topic delivers every message a second
+    # time with the same Pub/Sub message id, as a redelivery does.
+    pubsub.subscription_ensure(
+        pubsub.SubscriptionSpec(name="again-bridge", topic=topic, dead_letter=False)
+    )
+    bridge = start_bridge(
+        "--subscription",
+        settings.PUBSUB_SUBSCRIPTION_MESSAGES,
+        "--subscription",
+        "again-bridge",
+        "--max-in-flight",
+        "5",
+    )
+    kind = {"kind": "chat_message"}
+    keyed = [(chat(i), {**kind, "idempotency_key": f"k-{i}"}) for i in range(8)]
+    # m-0..m-2 published twice more with the same idempotency key (a retried
+    # publish: new message ids); m-8 and m-9 carry no key (dedup on message id).
+    items = keyed + keyed[:3] + keyed[:3] + [(chat(8), kind), (chat(9), kind)]
+    publish_all(topic, items)
+
+    deliveries = len(items) * 2
+    wait_for(lambda: replies() == 10, timeout=60)
+    wait_for(lambda: bridge.count("enqueued") + bridge.count("duplicate") == deliveries)
+    assert bridge.count("enqueued") == 10
+    assert bridge.count("dead_lettered") == 0
+    assert Message.objects.filter(role="user").count() == 10
+    assert AICall.objects.filter(status="succeeded").count() == 10
+    wait_for(lambda: chains_started(worker) >= 10)
+    assert chains_started(worker) == 10  # no second chain for any message
+    done = ProcessedMessage.objects.filter(state=ProcessedMessage.State.DONE)
+    assert done.count() == 10
+    assert {p.key for p in done if p.key.startswith("k-")} == {
+        f"k-{i}" for i in range(8)
+    }
+    assert "Traceback" not in bridge.output()
+    # The correlation id of each enqueue travels with every task of its chain.
+    cids = re.findall(r"event=enqueued .*correlation_id=(\S+)", bridge.output())
+    assert len(cids) == 10
+    for task in ("reply_generate", "reply_publish", "reply_deliver"):
+        logged = re.findall(
+            rf"task_started task=conversations\.{task} id=\S+ correlation_id=(\S+)",
+            worker.output(),
+        )
+        assert sorted(logged) == sorted(cids)
+    for sub in (settings.PUBSUB_SUBSCRIPTION_MESSAGES, "again-bridge"):
+        assert pull(sub) == []  # everything was acked
+
+
+def test_malformed_messages_are_dead_lettered_with_reason(
+    settings, start_bridge
+) -> None:
+    bridge = start_bridge("--subscription", settings.PUBSUB_SUBSCRIPTION_MESSAGES)
+    bad = [
+        (b"{not json", "body is not JSON"),
+        (b"\xff\xfe", "body is not UTF-8"),
+        (json.dumps({"source": "api"}).encode(), "user_id"),
+        (b"[1, 2]", "a chat message must be a JSON object"),
+    ]
+    ids = publish_all(
+        settings.PUBSUB_TOPIC_MESSAGES, [(data, {"origin": "t"}) for data, _ in bad]
+    )
+    wait_for(lambda: DeadLetter.objects.count() == len(bad))
+    wait_for(lambda: bridge.count("dead_lettered") == len(bad))
+
+    for message_id, (data, reason) in zip(ids, bad, strict=True):
+        letter = DeadLetter.objects.get(message_id=message_id)
+        assert bytes(letter.data) == data
+        assert reason in letter.reason
+        assert letter.kind == "chat_message"  # from the subscription
+        assert letter.subscription == settings.PUBSUB_SUBSCRIPTION_MESSAGES
+        assert letter.attributes == {"origin": "t"}
+    published = {
+        m.attributes["dead_letter_message_id"]: m
+        for m in pull(settings.PUBSUB_SUBSCRIPTION_DEAD_LETTER)
+    }
+    assert set(published) == set(ids)
+    for message_id, (data, reason) in zip(ids, bad, strict=True):
+        assert published[message_id].data == data
+        assert reason in published[message_id].attributes["dead_letter_reason"]
+        assert published[message_id].attributes["origin"] == "t"
+    assert bridge.count("enqueued") == 0
+    assert Message.objects.count() == 0  # nothing half-written
+    assert pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES) == []  # acked, not retried
+
+
+def test_missing_subscription_exits_non_zero_with_a_clear_message(
+    start_bridge,
+) -> None:
+    bridge = start_bridge("--subscription", "nope-bridge", wait=False)
+    assert bridge.wait(60) != 0
+    assert "subscription nope-bridge does not exist" in bridge.output()
+    assert "pubsub_setup" in bridge.output()
+
+
+def test_missing_credentials_exit_non_zero_with_a_clear_message(
+    start_bridge, tmp_path
+) -> None:
+    env = {
+        "PUBSUB_EMULATOR_HOST": "",
+        "GOOGLE_APPLICATION_CREDENTIALS": "",
+        "CLOUDSDK_CONFIG": str(tmp_path),
+        "NO_GCE_CHECK": "true",
+    }
+    bridge = start_bridge(env=env, wait=False)
+    assert bridge.wait(60) != 0
+    assert "no Google credentials" in bridge.output()
