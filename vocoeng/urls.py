@@ -12,6 +12,7 @@ from conversations.api import ConversationViewSet, MessageViewSet
 from conversations.views import process
 
 from .health import health, readyz
+from .metrics import metrics
 
 router = DefaultRouter()
 router.register("conversations", ConversationViewSet, basename="conversation")
@@ -22,6 +23,7 @@ analytics.urls.register(router)
 urlpatterns = [
     path("health", health, name="health"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("process", process, name="process"),
     path("webhooks/", include("webhooks.urls")),
     path("api/v1/analytics/", include("analytics.urls")),
