@@ -1,0 +1,276 @@
+"""Execute one step of a run: claim it, call the model, record the outcome.
+
+A step is claimed with a conditional update (pending → running, or a running
+claim older than the step's hard limit, left by a dead worker). The claim's
+attempt number fences the final write, so a worker that lost its claim (to a
+stale retake, a cancel or the reaper) cannot overwrite the step. A finished
+step is never recomputed: a redelivered task gets its stored output back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from . import prompts
+from .models import Run, StepProgress
+from .structured import StepError, generate_json
+
+logger = logging.getLogger(__name__)
+
+EXPAND = "expand"
+AGGREGATE = "aggregate"
+REVIEW_PREFIX = "review:"
+
+
+@dataclass
+class Outcome:
+    """What a step task should do next.
+
+    ``action``: ``done`` (return ``status``), ``retry`` (the same step again
+    after ``countdown``, counting a failure) or ``wait`` (another worker holds
+    a step this one depends on: look again shortly).
+    """
+
+    action: str
+    status: str = ""
+    output: Any = None
+    error: str = ""
+    countdown: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def marker(self, name: str) -> dict[str, Any]:
+        """Return the JSON the task returns (a chord never sees an exception)."""
+        return {"step": name, "status": self.status, "error": self.error}
+
+
+def step_hard_limit() -> int:
+    """Return the seconds after which a running claim counts as abandoned."""
+    return settings.WORKER_STEP_TIMEOUT_SECONDS + settings.PIPELINE_STEP_GRACE_SECONDS
+
+
+def retry_backoff(failures: int) -> float:
+    """Return the jittered wait before the retry after ``failures`` failures."""
+    base = settings.RETRY_INITIAL_BACKOFF_SECONDS * (
+        settings.RETRY_BACKOFF_MULTIPLIER**failures
+    )
+    return random.uniform(base / 2, base)
+
+
+def min_reviews(total: int) -> int:
+    """Return how many reviews must succeed for aggregation to go ahead."""
+    configured = settings.PIPELINE_MIN_REVIEWS
+    if configured <= 0:  # default: all but one
+        return max(1, total - 1)
+    return min(configured, total)
+
+
+def _claim(step: StepProgress) -> int | None:
+    """Claim ``step`` and return the attempt number, or None when not claimable."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=step_hard_limit())
+    claimed = (
+        StepProgress.objects.filter(pk=step.pk)
+        .filter(
+            Q(status=StepProgress.Status.PENDING)
+            | Q(status=StepProgress.Status.RUNNING, started_at__lt=stale)
+        )
+        .update(
+            status=StepProgress.Status.RUNNING,
+            started_at=now,
+            finished_at=None,
+            attempts=step.attempts + 1,
+        )
+    )
+    if not claimed:
+        return None
+    # A concurrent claim of the same row would have matched no rows above
+    # (the status is no longer pending), so attempts + 1 is ours.
+    step.attempts += 1
+    step.status = StepProgress.Status.RUNNING
+    step.started_at = now
+    return step.attempts
+
+
+def _finish(step: StepProgress, attempt: int, *, status: str, **fields: Any) -> bool:
+    """Write the step's outcome if this attempt still holds the claim."""
+    now = timezone.now()
+    started = step.started_at or now
+    return bool(
+        StepProgress.objects.filter(
+            pk=step.pk, status=StepProgress.Status.RUNNING, attempts=attempt
+        ).update(
+            status=status,
+            finished_at=now,
+            duration_ms=int((now - started).total_seconds() * 1000),
+            **fields,
+        )
+    )
+
+
+def _mark_run_running(run: Run) -> None:
+    now = timezone.now()
+    if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+        status=Run.Status.RUNNING
+    ):
+        Run.objects.filter(pk=run.pk, started_at__isnull=True).update(started_at=now)
+        logger.info("job_started run=%s attempt=%s", run.pk, run.attempts)
+
+
+def _dependency_state(run: Run, name: str) -> str:
+    """Return ``ready``, ``wait`` or ``blocked`` for the steps ``name`` needs."""
+    if name == EXPAND:
+        return "ready"
+    steps = StepProgress.objects.filter(run=run)
+    if name.startswith(REVIEW_PREFIX):
+        expand = steps.get(name=EXPAND)
+        if expand.status == StepProgress.Status.SUCCEEDED:
+            return "ready"
+        return "blocked" if expand.status in StepProgress.FINISHED else "wait"
+    unfinished = steps.filter(name__startswith=REVIEW_PREFIX).exclude(
+        status__in=StepProgress.FINISHED
+    )
+    return "wait" if unfinished.exists() else "ready"
+
+
+def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
+    """Run step ``name`` of run ``run_id`` once, unless it is done or held."""
+    from . import services  # run-level writes; services imports this module
+
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        logger.warning(
+            "idempotent_skip run=%s step=%s reason=no-such-run", run_id, name
+        )
+        return Outcome("done", status="skipped", error="no such run")
+    step = StepProgress.objects.filter(run=run, name=name).first()
+    if step is None:
+        logger.warning(
+            "idempotent_skip run=%s step=%s reason=no-such-step", run_id, name
+        )
+        return Outcome("done", status="skipped", error="no such step")
+    if step.status in StepProgress.FINISHED:
+        logger.info(
+            "idempotent_skip run=%s step=%s status=%s", run.pk, name, step.status
+        )
+        return Outcome("done", status=step.status, output=step.output, error=step.error)
+    if run.status in Run.FINISHED:
+        logger.info(
+            "idempotent_skip run=%s step=%s run_status=%s", run.pk, name, run.status
+        )
+        return Outcome("done", status="skipped", error=f"run is {run.status}")
+    dependency = _dependency_state(run, name)
+    if dependency == "wait":
+        return Outcome("wait")
+    if dependency == "blocked":
+        return Outcome("done", status="skipped", error="expand did not succeed")
+    attempt = _claim(step)
+    if attempt is None:
+        step.refresh_from_db()
+        if step.status in StepProgress.FINISHED:
+            return Outcome("done", status=step.status, output=step.output)
+        return Outcome("wait")  # held by another worker: look again later
+    _mark_run_running(run)
+    logger.info("step_started run=%s step=%s attempt=%s", run.pk, name, attempt)
+    deadline = time.monotonic() + settings.WORKER_STEP_TIMEOUT_SECONDS
+    try:
+        if name == AGGREGATE:
+            return services.run_aggregate(
+                run=run, step=step, attempt=attempt, deadline=deadline
+            )
+        output, provider, model = _compute(run, step, deadline)
+    except (StepError, SoftTimeLimitExceeded) as exc:
+        return _failed(run, step, attempt, exc, failures)
+    if not _finish(
+        step,
+        attempt,
+        status=StepProgress.Status.SUCCEEDED,
+        output=output,
+        error="",
+        provider=provider,
+        model=model,
+    ):
+        logger.info("idempotent_skip run=%s step=%s reason=claim-lost", run.pk, name)
+        step.refresh_from_db()
+        return Outcome("done", status=step.status, output=step.output)
+    logger.info("step_completed run=%s step=%s attempt=%s", run.pk, name, attempt)
+    return Outcome("done", status=StepProgress.Status.SUCCEEDED, output=output)
+
+
+def _compute(
+    run: Run, step: StepProgress, deadline: float
+) -> tuple[dict[str, Any], str, str]:
+    ref = f"run:{run.pk}:{step.name}"
+    if step.name == EXPAND:
+        prompt = prompts.expand_prompt(idea=run.input["idea"])
+        schema = prompts.EXPAND_SCHEMA
+    else:
+        brief = StepProgress.objects.get(run=run, name=EXPAND).output
+        persona = step.name.removeprefix(REVIEW_PREFIX)
+        prompt = prompts.review_prompt(persona=persona, brief=brief)
+        schema = prompts.REVIEW_SCHEMA
+    answer = generate_json(
+        prompt=prompt,
+        schema=schema,
+        step_id=step.pk,
+        tenant_id=run.tenant_id,
+        ref=ref,
+        deadline=deadline,
+    )
+    return answer.data, answer.provider, answer.model
+
+
+def _failed(
+    run: Run, step: StepProgress, attempt: int, exc: BaseException, failures: int
+) -> Outcome:
+    """Put the step back for a retry within budget, else record its failure."""
+    from . import services
+
+    error = (
+        "step soft time limit exceeded"
+        if isinstance(exc, SoftTimeLimitExceeded)
+        else str(exc)
+    )[:2000]
+    retryable = getattr(exc, "retryable", True)
+    if retryable and failures < settings.MAX_RETRIES_PER_PERSONA:
+        released = StepProgress.objects.filter(
+            pk=step.pk, status=StepProgress.Status.RUNNING, attempts=attempt
+        ).update(status=StepProgress.Status.PENDING, error=error)
+        if released:
+            countdown = retry_backoff(failures)
+            logger.warning(
+                "step_retry run=%s step=%s attempt=%s countdown=%.2f error=%s",
+                run.pk,
+                step.name,
+                attempt,
+                countdown,
+                error,
+            )
+            return Outcome("retry", countdown=countdown, error=error)
+    if not _finish(step, attempt, status=StepProgress.Status.FAILED, error=error):
+        step.refresh_from_db()
+        return Outcome("done", status=step.status, error=step.error)
+    logger.error(
+        "step_failed run=%s step=%s attempt=%s error=%s",
+        run.pk,
+        step.name,
+        attempt,
+        error,
+    )
+    if step.name in (EXPAND, AGGREGATE):
+        services.run_finish(
+            run_id=run.pk,
+            status=Run.Status.FAILED,
+            error=f"{step.name} failed: {error}",
+            context={"step": step.name, "error": error, "attempts": attempt},
+        )
+    return Outcome("done", status=StepProgress.Status.FAILED, error=error)

@@ -1,0 +1,199 @@
+"""Ask a model for JSON through the conversations providers, with a deadline.
+
+``generate_json`` sends a prompt, parses and validates the answer against a
+JSON Schema, and repairs it once with a follow-up call; every provider attempt
+is recorded in the AICall ledger and added to the step's usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import jsonschema
+from django.db import connections
+from django.db.models import F
+
+from conversations import providers
+from conversations.models import AICall
+from conversations.providers import AIUnavailable, Attempt, ChatTurn, Completion
+
+from . import prompts
+from .models import StepProgress
+
+logger = logging.getLogger(__name__)
+
+
+class StepError(Exception):
+    """A step failed; ``retryable`` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class JsonAnswer:
+    """The validated JSON a model returned, and who returned it."""
+
+    data: dict[str, Any]
+    provider: str
+    model: str
+    calls: list[Completion] = field(default_factory=list)
+
+
+def parse_json(text: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """Return the JSON object in ``text`` valid against ``schema``.
+
+    Tolerates code fences and prose around one object; raises ValueError with
+    a short reason otherwise.
+    """
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ValueError("no JSON object in the answer")
+    try:
+        data = json.loads(text[start : end + 1])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} at char {exc.pos}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("the answer is not a JSON object")
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise ValueError(f"{where}: {exc.message}") from exc
+    return data
+
+
+def _recorder(
+    *, step_id: int, tenant_id: int | None, ref: str
+) -> Callable[[Attempt], None]:
+    """Return an on_attempt callback writing the ledger row and step usage."""
+
+    def record(attempt: Attempt) -> None:
+        tokens = attempt.prompt_tokens + attempt.completion_tokens
+        AICall.objects.create(
+            tenant_id=tenant_id,
+            ref=ref,
+            provider=attempt.provider,
+            model=attempt.model,
+            attempt=attempt.attempt,
+            status=AICall.Status.SUCCEEDED if attempt.ok else AICall.Status.FAILED,
+            transient=attempt.transient,
+            http_status=attempt.http_status,
+            error=attempt.error[:2000],
+            prompt_tokens=attempt.prompt_tokens,
+            completion_tokens=attempt.completion_tokens,
+            total_tokens=tokens,
+            cost=attempt.cost,
+            latency_ms=attempt.latency_ms,
+        )
+        if tokens or attempt.cost:
+            StepProgress.objects.filter(pk=step_id).update(
+                prompt_tokens=F("prompt_tokens") + attempt.prompt_tokens,
+                completion_tokens=F("completion_tokens") + attempt.completion_tokens,
+                total_tokens=F("total_tokens") + tokens,
+                cost=F("cost") + Decimal(attempt.cost),
+            )
+
+    return record
+
+
+def _call_with_deadline(
+    *,
+    turns: list[ChatTurn],
+    on_attempt: Callable[[Attempt], None],
+    deadline: float,
+) -> Completion:
+    """Run providers.generate in a helper thread and wait until ``deadline``.
+
+    Celery's soft/hard time limits only work in the prefork pool; the ``ai``
+    worker runs a thread pool, where nothing can interrupt a blocked call. So
+    the step waits for the call at most until its own deadline and gives up;
+    the abandoned call ends at the provider's own timeout (AI_TIMEOUT_SECONDS).
+    Attempts are recorded by the waiting thread; those that end after it gave
+    up are recorded by the helper thread itself.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+    queued: list[Attempt] = []
+    abandoned = False
+
+    def collect(attempt: Attempt) -> None:
+        with lock:
+            if not abandoned:
+                queued.append(attempt)
+                return
+        on_attempt(attempt)
+
+    def target() -> None:
+        try:
+            box["value"] = providers.generate(
+                system=prompts.SYSTEM, messages=turns, on_attempt=collect
+            )
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+            if abandoned:
+                connections.close_all()  # this thread's own connections only
+
+    threading.Thread(target=target, name="pipeline-ai-call", daemon=True).start()
+    finished = done.wait(max(0.0, deadline - time.monotonic()))
+    with lock:
+        abandoned = not finished
+        drained, queued[:] = list(queued), []
+    for attempt in drained:
+        on_attempt(attempt)
+    if not finished:
+        raise StepError("step time limit exceeded (WORKER_STEP_TIMEOUT_SECONDS)")
+    if "error" in box:
+        error = box["error"]
+        if isinstance(error, AIUnavailable):
+            raise StepError(str(error), retryable=error.transient) from error
+        raise error
+    return box["value"]
+
+
+def generate_json(
+    *,
+    prompt: str,
+    schema: dict[str, Any],
+    step_id: int,
+    tenant_id: int | None,
+    ref: str,
+    deadline: float,
+) -> JsonAnswer:
+    """Return the model's validated JSON answer to ``prompt``, repaired once.
+
+    Raises StepError when the model is unavailable, the deadline passes, or
+    the answer is still not valid after one repair call.
+    """
+    on_attempt = _recorder(step_id=step_id, tenant_id=tenant_id, ref=ref)
+    turns = [ChatTurn(role="user", content=prompt)]
+    first = _call_with_deadline(turns=turns, on_attempt=on_attempt, deadline=deadline)
+    try:
+        data = parse_json(first.text, schema)
+        return JsonAnswer(data, first.provider, first.model, [first])
+    except ValueError as exc:
+        problem = str(exc)
+    logger.warning("step_output_invalid ref=%s problem=%s; repairing", ref, problem)
+    turns += [
+        ChatTurn(role="assistant", content=first.text or "(empty)"),
+        ChatTurn(role="user", content=prompts.repair_prompt(problem=problem)),
+    ]
+    second = _call_with_deadline(turns=turns, on_attempt=on_attempt, deadline=deadline)
+    try:
+        data = parse_json(second.text, schema)
+    except ValueError as exc:
+        raise StepError(
+            f"model output is not the expected JSON after one repair: {exc}"
+        ) from exc
+    return JsonAnswer(data, second.provider, second.model, [first, second])

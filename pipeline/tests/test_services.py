@@ -1,0 +1,216 @@
+"""Services in-process: JSON repair, claims, aggregation, cancel, reaper, resume."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from conversations.models import AICall
+from pipeline import services, steps
+from pipeline.models import Run
+from pipeline.prompts import REVIEW_SCHEMA
+from pipeline.structured import StepError, generate_json, parse_json
+from vocoeng.services import tenant_get_default
+
+pytestmark = [pytest.mark.django_db, pytest.mark.timeout(60)]
+
+PERSONAS = ["optimist", "skeptic", "engineer"]
+
+
+@pytest.fixture(autouse=True)
+def _fast(settings):
+    settings.MAX_RETRIES_PER_PERSONA = 0
+    settings.AI_MAX_RETRIES = 0
+
+
+def _run(**kwargs) -> Run:
+    run, created = services.run_create(
+        tenant=tenant_get_default(), idea="Tea robots", personas=PERSONAS, **kwargs
+    )
+    assert created
+    return run
+
+
+def _all_steps(run: Run) -> dict[str, str]:
+    for name in services.step_names(PERSONAS):
+        steps.step_execute(run_id=run.pk, name=name)
+    return dict(run.steps.values_list("name", "status"))
+
+
+def test_parse_json_accepts_fenced_json_and_explains_what_is_wrong() -> None:
+    good = (
+        '```json\n{"verdict": "revise", "score": 4, "strengths": [], "risks": []}\n```'
+    )
+    assert parse_json(good, REVIEW_SCHEMA)["score"] == 4
+    with pytest.raises(ValueError, match="no JSON object"):
+        parse_json("no idea", REVIEW_SCHEMA)
+    with pytest.raises(ValueError, match="score"):
+        parse_json(
+            '{"verdict": "revise", "score": 11, "strengths": [], "risks": []}',
+            REVIEW_SCHEMA,
+        )
+
+
+def test_invalid_json_is_repaired_once_by_a_follow_up_call(scripted) -> None:
+    model = scripted(garbage_once={"review:skeptic"})
+    run = _run()
+    step = run.steps.get(name="review:skeptic")
+    answer = generate_json(
+        prompt="TASK: review\nPERSONA: skeptic\n",
+        schema=REVIEW_SCHEMA,
+        step_id=step.pk,
+        tenant_id=run.tenant_id,
+        ref=f"run:{run.pk}:review:skeptic",
+        deadline=time.monotonic() + 10,
+    )
+    assert answer.data["verdict"] == "approve"
+    assert model.count("review:skeptic") == 2
+    calls = AICall.objects.filter(ref=f"run:{run.pk}:review:skeptic")
+    assert calls.count() == 2
+    step.refresh_from_db()
+    assert step.total_tokens == sum(c.total_tokens for c in calls) > 0
+
+
+def test_output_still_invalid_after_the_repair_is_a_step_error(scripted) -> None:
+    model = scripted(garbage={"review:skeptic"})
+    run = _run()
+    step = run.steps.get(name="review:skeptic")
+    with pytest.raises(StepError, match="after one repair"):
+        generate_json(
+            prompt="TASK: review\nPERSONA: skeptic\n",
+            schema=REVIEW_SCHEMA,
+            step_id=step.pk,
+            tenant_id=run.tenant_id,
+            ref="r",
+            deadline=time.monotonic() + 10,
+        )
+    assert model.count("review:skeptic") == 2
+
+
+def test_a_finished_step_is_not_recomputed(scripted) -> None:
+    model = scripted()
+    run = _run()
+    first = steps.step_execute(run_id=run.pk, name="expand")
+    again = steps.step_execute(run_id=run.pk, name="expand")
+    assert first.status == again.status == "succeeded"
+    assert again.output == first.output
+    assert model.count("expand") == 1
+    assert run.steps.get(name="expand").attempts == 1
+
+
+def test_a_step_held_by_a_live_worker_waits_and_a_stale_claim_is_retaken(
+    scripted, settings
+) -> None:
+    scripted()
+    run = _run()
+    now = timezone.now()
+    run.steps.filter(name="expand").update(status="running", started_at=now, attempts=1)
+    assert steps.step_execute(run_id=run.pk, name="expand").action == "wait"
+    stale = now - timedelta(seconds=steps.step_hard_limit() + 1)
+    run.steps.filter(name="expand").update(started_at=stale)
+    outcome = steps.step_execute(run_id=run.pk, name="expand")
+    assert outcome.status == "succeeded"
+    assert run.steps.get(name="expand").attempts == 2
+
+
+def test_a_review_before_its_brief_waits(scripted) -> None:
+    model = scripted()
+    run = _run()
+    assert steps.step_execute(run_id=run.pk, name="review:optimist").action == "wait"
+    assert model.seen == []
+
+
+def test_all_but_one_review_is_enough_and_the_run_is_partial(scripted) -> None:
+    scripted(garbage={"review:engineer"})
+    run = _run()
+    states = _all_steps(run)
+    run.refresh_from_db()
+    assert run.status == Run.Status.PARTIAL
+    assert states["review:engineer"] == "failed"
+    assert states["aggregate"] == "succeeded"
+    assert run.result["failed_reviews"].keys() == {"engineer"}
+
+
+def test_too_few_reviews_fail_the_run_with_the_reasons(scripted, settings) -> None:
+    settings.PIPELINE_MIN_REVIEWS = 3
+    model = scripted(garbage={"review:engineer"})
+    run = _run()
+    states = _all_steps(run)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert states["aggregate"] == "skipped"
+    assert run.error_context["required"] == 3
+    assert "engineer" in run.error_context["failed"]
+    assert model.count("aggregate") == 0
+
+
+def test_a_transient_failure_within_budget_asks_for_a_retry(scripted, settings) -> None:
+    settings.MAX_RETRIES_PER_PERSONA = 2
+    scripted(fail={"expand"})
+    run = _run()
+    outcome = steps.step_execute(run_id=run.pk, name="expand", failures=0)
+    assert outcome.action == "retry" and outcome.countdown > 0
+    assert run.steps.get(name="expand").status == "pending"
+    last = steps.step_execute(run_id=run.pk, name="expand", failures=2)
+    assert last.action == "done" and last.status == "failed"
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.error_context["step"] == "expand"
+
+
+def test_a_cancelled_run_does_no_more_work(scripted) -> None:
+    model = scripted()
+    run = _run()
+    assert services.run_cancel(run=run)
+    assert not services.run_cancel(run=run)  # once
+    outcome = steps.step_execute(run_id=run.pk, name="expand")
+    assert outcome.status == "skipped"
+    assert model.seen == []
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert set(run.steps.values_list("status", flat=True)) == {"skipped"}
+
+
+def test_the_reaper_times_out_overdue_runs_and_fails_their_running_steps(
+    settings,
+) -> None:
+    settings.WORKER_JOB_TIMEOUT_SECONDS = 60
+    run = _run()
+    fresh = _run()
+    long_ago = timezone.now() - timedelta(seconds=61)
+    Run.objects.filter(pk=run.pk).update(status="running", started_at=long_ago)
+    run.steps.filter(name="expand").update(
+        status="running", started_at=long_ago, attempts=1
+    )
+    assert services.runs_reap()["timed_out"] == 1
+    run.refresh_from_db()
+    assert run.status == Run.Status.TIMED_OUT
+    assert run.error_context["deadline_seconds"] == 60
+    expand = run.steps.get(name="expand")
+    assert expand.status == "failed" and expand.error == "job deadline exceeded"
+    fresh.refresh_from_db()
+    assert fresh.status == Run.Status.QUEUED
+    assert services.runs_reap()["timed_out"] == 0
+
+
+def test_resume_redoes_only_the_unfinished_steps(scripted) -> None:
+    model = scripted(garbage={"review:engineer"})
+    run = _run()
+    _all_steps(run)
+    run.refresh_from_db()
+    assert run.status == Run.Status.PARTIAL
+    model.garbage.clear()
+    resumed = services.run_resume(run_id=run.pk)
+    assert resumed is not None and resumed.attempts == 2
+    assert resumed.status == Run.Status.QUEUED
+    _all_steps(run)
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED
+    assert model.count("expand") == 1
+    assert model.count("review:optimist") == 1
+    assert model.count("review:engineer") == 3  # answer + repair, then one
+    assert model.count("aggregate") == 2
+    assert services.run_resume(run_id=run.pk) is None  # succeeded: nothing to redo
