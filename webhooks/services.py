@@ -41,6 +41,7 @@ KEPT_HEADERS = (
     "X-Hub-Signature-256",
     "X-Forwarded-For",
     "X-Cloud-Trace-Context",
+    "X-VocoEng-Tenant",
 )
 # A stored message still ``received`` this long after it arrived lost its
 # chain (e.g. the broker failed after commit): a redelivery enqueues it again.

@@ -11,4 +11,6 @@ app_name = "webhooks"
 urlpatterns = [
     path("whatsapp/", views.whatsapp, name="whatsapp"),
     path("aisensy/", views.aisensy, name="aisensy"),
+    path("api/", views.api_source, name="api"),
+    path("pubsub/", views.pubsub_push, name="pubsub"),
 ]

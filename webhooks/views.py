@@ -9,9 +9,16 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from vocoeng.auth import ApiKeyAuthentication
 
 from . import services
+from .ingress import TENANT_HEADER, api_delivery_process, pubsub_delivery_process
 from .models import WebhookDelivery
+from .oidc import PushAuthError, push_token_verify
 from .security import shared_secret_valid, whatsapp_signature_valid
 
 logger = logging.getLogger(__name__)
@@ -95,3 +102,35 @@ def aisensy(request: HttpRequest) -> HttpResponse:
     return _process(
         request, source="aisensy", process=services.aisensy_delivery_process
     )
+
+
+@csrf_exempt
+@require_POST
+def pubsub_push(request: HttpRequest) -> HttpResponse:
+    """Take a Pub/Sub push; 2xx only once the work is enqueued (or rejected)."""
+    if settings.PUBSUB_PUSH_AUDIENCE:
+        try:
+            push_token_verify(authorization=request.headers.get("Authorization", ""))
+        except PushAuthError as exc:
+            return _unauthorized("pubsub", str(exc), 401)
+    return _process(request, source="pubsub", process=pubsub_delivery_process)
+
+
+class ApiSourceView(APIView):
+    """``POST /webhooks/api/``: an inbound chat message from a machine client."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    def post(self, request: Request) -> HttpResponse:
+        raw = request.body
+        headers = {**request.headers, TENANT_HEADER: request.user.tenant.slug}
+        delivery = services.delivery_record(source="api", body=raw, headers=headers)
+        try:
+            result = api_delivery_process(delivery=delivery)
+        except services.DeliveryRejected as exc:
+            return JsonResponse({"error": exc.reason}, status=400)
+        return JsonResponse(result, status=202)
+
+
+api_source = ApiSourceView.as_view()
