@@ -266,8 +266,11 @@ def parse_aisensy(body: Any) -> Notification:
         raise NotANotification("message.sender.user without message id or phone")
     kind = str(msg.get("message_type") or "text").lower()
     content = _obj(msg.get("message_content"))
-    # AiSensy mirrors the Cloud API bodies under message_content.
-    text, meta, replyable = _describe(kind, {kind: content, "text": content})
+    # AiSensy mirrors the Cloud API bodies under message_content, except that
+    # a text is {"text": "..."} rather than {"body": "..."}.
+    if kind == "text":
+        content = {"body": content.get("text") or content.get("body") or ""}
+    text, meta, replyable = _describe(kind, {kind: content})
     if not text.strip():
         text, replyable = f"[{kind}: empty]", False
     out.messages.append(
