@@ -9,3 +9,6 @@ urlpatterns: list = []
 
 def register(router: BaseRouter) -> None:
     """Register this app's viewsets on the project's /api/v1/ router."""
+    from .api import RunViewSet
+
+    router.register("runs", RunViewSet, basename="run")

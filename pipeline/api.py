@@ -1,0 +1,83 @@
+"""Runs API: start a run, list and filter runs, read step progress, cancel."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from vocoeng.services import tenant_get_default
+
+from . import services
+from .models import Run
+from .selectors import run_list
+from .serializers import RunCreateSerializer, RunSerializer
+
+
+class RunViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Consensus runs of your tenant. POST ``{"idea", "personas"?,
+    "idempotency_key"?}`` to start one; filter with ``?status=`` and
+    ``?idempotency_key=``; POST ``/cancel/`` to stop one."""
+
+    serializer_class = RunSerializer
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self) -> QuerySet[Run]:
+        params = self.request.query_params
+        state = params.get("status")
+        if state and state not in Run.Status.values:
+            raise ValidationError(
+                {"status": f"unknown status {state!r}; one of {Run.Status.values}"}
+            )
+        return run_list(
+            user=self.request.user,
+            status=state,
+            idempotency_key=params.get("idempotency_key"),
+        )
+
+    def get_serializer_class(self):
+        if self.action == "create":
+            return RunCreateSerializer
+        return RunSerializer
+
+    def create(self, request: Request, *args, **kwargs) -> Response:
+        incoming = RunCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        valid = incoming.validated_data
+        tenant = getattr(request.user, "tenant", None) or tenant_get_default()
+        run, created = services.run_start(
+            tenant=tenant,
+            idea=valid["idea"],
+            personas=valid.get("personas"),
+            idempotency_key=valid.get("idempotency_key"),
+        )
+        if run.tenant_id != tenant.pk:
+            # The key is global; never reveal another tenant's run.
+            return Response(
+                {"error": "idempotency_key is already used by another client"},
+                status=status.HTTP_409_CONFLICT,
+            )
+        run = self.get_queryset().get(pk=run.pk)
+        body = RunSerializer(run, context=self.get_serializer_context()).data
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(body, status=code)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel the run if it is still queued or running."""
+        run = self.get_object()
+        if not services.run_cancel(run=run) and run.status != Run.Status.CANCELLED:
+            return Response(
+                {"error": f"run is already {run.status}", "status": run.status},
+                status=status.HTTP_409_CONFLICT,
+            )
+        run = self.get_queryset().get(pk=run.pk)
+        return Response(RunSerializer(run, context=self.get_serializer_context()).data)
