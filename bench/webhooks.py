@@ -1,0 +1,206 @@
+"""Measure the WhatsApp webhook under gunicorn against a bare WSGI app.
+
+Starts gunicorn as the Procfile does (2 workers x 8 threads) on a fresh var
+dir and database (migrated first), sends N signed webhook POSTs (unique
+wamids) from C keep-alive client threads, then the same load against
+``bench/bare_wsgi.py`` under the same gunicorn config. Prints requests/s and
+p99 of both and their ratio (target >= 0.5), and checks that every message was
+stored once and handed to the bus once (one reply chain in the broker's `ai`
+queue per message; no worker runs). Embedded defaults unless DATABASE_URL /
+CELERY_BROKER_URL are set.
+
+    make bench-webhooks          # or: python bench/webhooks.py --requests 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-app-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gunicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "gunicorn", app,
+        "--bind", f"127.0.0.1:{port}",
+        "--workers", "2", "--threads", "8", "--timeout", "30",
+        "--access-logfile", "-",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"gunicorn {app} did not start")
+
+
+def load(port: int, bodies: list[tuple[bytes, str]], concurrency: int) -> dict:
+    """POST every body once from ``concurrency`` keep-alive clients."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    cursor = iter(range(len(bodies)))
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, codes = [], {}
+        while True:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                break
+            raw, sig = bodies[i]
+            started = time.perf_counter()
+            try:
+                conn.request(
+                    "POST",
+                    "/webhooks/whatsapp/",
+                    raw,
+                    {"Content-Type": "application/json", "X-Hub-Signature-256": sig},
+                )
+                response = conn.getresponse()
+                response.read()
+                code = response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                code = 0
+            mine.append(time.perf_counter() - started)
+            codes[code] = codes.get(code, 0) + 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            for k, v in codes.items():
+                statuses[k] = statuses.get(k, 0) + v
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "statuses": statuses,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+
+    run = uuid.uuid4().hex[:8]
+    var = Path(tempfile.mkdtemp(prefix="vocoeng-bench-webhooks-"))
+    env = {
+        **os.environ,
+        "DJANGO_DEV": "1",
+        "DJANGO_SETTINGS_MODULE": "vocoeng.settings",
+        "VOCOENG_VAR_DIR": str(var),
+        "WHATSAPP_APP_SECRET": SECRET,
+        "AI_USER_RATE_LIMIT": "0",
+        "BUS": "direct",
+        "LOG_LEVEL": "WARNING",
+        "CELERY_REDIS_KEY_PREFIX": f"bench-webhooks-{run}-",
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT, env=env, check=True,
+    )  # fmt: skip
+
+    import django
+
+    django.setup()
+    from conversations.models import Message
+    from vocoeng.celery import app as celery_app
+    from webhooks.security import whatsapp_signature
+    from webhooks.tests import payloads as p
+
+    wamids = [f"wamid.bench{run}{i:06d}" for i in range(args.requests)]
+    bodies = []
+    for i, wamid in enumerate(wamids):
+        raw = json.dumps(
+            p.notification([p.text(f"1555{i % 500:07d}", f"bench {i}", id=wamid)])
+        ).encode()
+        bodies.append((raw, whatsapp_signature(body=raw, secret=SECRET)))
+
+    results = {}
+    for name, wsgi in (("webhook", "vocoeng.wsgi"), ("bare", "bench.bare_wsgi:app")):
+        port = free_port()
+        proc = gunicorn(wsgi, port, env)
+        try:
+            load(port, bodies[:50], 4)  # warm up (imports, connections)
+            results[name] = load(
+                port, bodies[50:] if name == "webhook" else bodies, args.concurrency
+            )
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+    sent = set(wamids)
+    stored = Message.objects.filter(channel="whatsapp", external_id__in=sent)
+    stored_count = stored.count()
+    received = stored.filter(status="received").count()
+    with celery_app.connection_for_write() as conn:
+        chains = conn.default_channel.queue_declare("ai").message_count
+
+    web, bare = results["webhook"], results["bare"]
+    ratio = web["rps"] / bare["rps"]
+    print(f"\nbench/webhooks  requests={args.requests} concurrency={args.concurrency}")
+    print(
+        f"database={django.db.connection.vendor} broker={env.get('CELERY_BROKER_URL', 'filesystem://')}"
+    )
+    print(f"{'target':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
+    for name in ("webhook", "bare"):
+        r = results[name]
+        print(
+            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}  {r['statuses']}"
+        )
+    print(f"ratio webhook/bare req/s: {ratio:.2f} (target >= 0.5)")
+    print(
+        f"messages sent={len(sent)} stored={stored_count} received={received} "
+        f"chains in broker={chains}"
+    )
+    ok = stored_count == len(sent) == chains and web["statuses"] == {
+        200: len(sent) - 50
+    }
+    print("exactly once: " + ("yes" if ok else "NO"))
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.queue_purge("ai")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
