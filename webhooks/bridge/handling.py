@@ -29,6 +29,7 @@ logger = logging.getLogger("webhooks.bridge")
 # message is recorded here (with its reason) rather than silently forwarded by
 # the subscription's own dead-letter policy.
 MAX_ATTEMPTS = pubsub.MAX_DELIVERY_ATTEMPTS
+RETRY_PAUSE_SECONDS = 2.0
 
 
 class Outcome(StrEnum):
@@ -130,6 +131,9 @@ def message_handle(
     except DatabaseError as exc:
         connection.close()
         _log("nacked", d, " reason=%s", f"database: {exc}")
+        # Each nack is a delivery attempt (5 before Pub/Sub dead-letters it):
+        # pace them while the database is away.
+        stop.wait(RETRY_PAUSE_SECONDS)
         return Outcome.RETRY
     if claim is Claim.DONE:
         _log("duplicate", d)
@@ -161,6 +165,7 @@ def _handle_claimed(d: Delivery, *, retry_seconds: float, stop: threading.Event)
         return _dead_letter(d, exc.reason)
     except DatabaseError as exc:
         connection.close()
+        stop.wait(RETRY_PAUSE_SECONDS)
         return _retry_or_dead_letter(d, f"database: {exc}")
     except Exception as exc:  # a bug in a route: retry, then dead-letter
         logger.exception("bridge_route_failed message_id=%s", d.message_id)
