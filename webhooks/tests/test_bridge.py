@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -78,6 +80,12 @@ def start_bridge(bridge_env) -> Iterator:
         bridge.stop()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def chains_started(worker) -> int:
     """Return how many reply chains the worker received (first task of each)."""
     return sum(
@@ -148,7 +156,9 @@ def test_each_message_is_handled_once_with_duplicates_injected(
 def test_malformed_messages_are_dead_lettered_with_reason(
     settings, start_bridge
 ) -> None:
-    bridge = start_bridge("--subscription", settings.PUBSUB_SUBSCRIPTION_MESSAGES)
+    port = free_port()
+    sub = settings.PUBSUB_SUBSCRIPTION_MESSAGES
+    bridge = start_bridge("--subscription", sub, "--metrics-port", str(port))
     bad = [
         (b"{not json", "body is not JSON"),
         (b"\xff\xfe", "body is not UTF-8"),
@@ -180,6 +190,15 @@ def test_malformed_messages_are_dead_lettered_with_reason(
     assert bridge.count("enqueued") == 0
     assert Message.objects.count() == 0  # nothing half-written
     assert pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES) == []  # acked, not retried
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        exposition = r.read().decode()
+    for event in ("received", "dead_lettered"):
+        sample = (
+            f'vocoeng_bridge_messages_total{{event="{event}",subscription="{sub}"}} 4.0'
+        )
+        assert sample in exposition
+    assert 'event="enqueued"' not in exposition
 
 
 def test_missing_subscription_exits_non_zero_with_a_clear_message(
