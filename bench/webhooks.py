@@ -123,7 +123,10 @@ def main() -> int:
     var = Path(tempfile.mkdtemp(prefix="vocoeng-bench-webhooks-"))
     env = {
         **os.environ,
-        "DJANGO_DEV": "1",
+        # Production-like: DEBUG off (it records every SQL query).
+        "DJANGO_DEV": "0",
+        "DJANGO_DEBUG": "0",
+        "SECRET_KEY": "bench-only-" + uuid.uuid4().hex,
         "DJANGO_SETTINGS_MODULE": "vocoeng.settings",
         "VOCOENG_VAR_DIR": str(var),
         "WHATSAPP_APP_SECRET": SECRET,
@@ -186,7 +189,8 @@ def main() -> int:
     for name in ("webhook", "bare"):
         r = results[name]
         print(
-            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}  {r['statuses']}"
+            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.1f}"
+            f"{r['p99_ms']:>10.1f}  {r['statuses']}"
         )
     print(f"ratio webhook/bare req/s: {ratio:.2f} (target >= 0.5)")
     print(
