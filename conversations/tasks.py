@@ -14,6 +14,9 @@ from .stores import StoreError
 @shared_task(
     name="conversations.reply_generate",
     bind=True,
+    # The chain hands results on in its messages; storing them would cost a
+    # database write per hop for nobody to read.
+    ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
     queue=Queue.AI,
@@ -32,6 +35,9 @@ def reply_generate(self, message_id: str) -> str | None:
 @shared_task(
     name="conversations.reply_publish",
     bind=True,
+    # The chain hands results on in its messages; storing them would cost a
+    # database write per hop for nobody to read.
+    ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
     queue=Queue.DEFAULT,
@@ -51,6 +57,9 @@ def reply_publish(self, reply_id: str | None) -> str | None:
 @shared_task(
     name="conversations.reply_deliver",
     bind=True,
+    # The chain hands results on in its messages; storing them would cost a
+    # database write per hop for nobody to read.
+    ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
     queue=Queue.DEFAULT,

@@ -31,18 +31,18 @@ class AnthropicProvider:
         temperature: float,
         **extra: Any,
     ) -> RawCompletion:
-        # anthropic 2.x's messages.create() no longer takes ``temperature``;
-        # the model's default sampling is used.
-        kwargs: dict[str, Any] = {}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+        }
         if system:
-            kwargs["system"] = system
+            body["system"] = system
+        # ``temperature`` is left out: anthropic 2.x's messages.create() no
+        # longer takes it. The low-level post() keeps the SDK's auth, timeouts
+        # and errors without its typed transform (see the OpenAI provider).
         try:
-            resp = self.client.messages.create(
-                model=self.model,
-                max_tokens=max_tokens,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
-                **kwargs,
-            )
+            data = self.client.post("/v1/messages", body=body, cast_to=object)
         except anthropic.APITimeoutError as exc:
             raise ProviderError(f"anthropic: timeout: {exc}", transient=True) from exc
         except anthropic.APIConnectionError as exc:
@@ -53,12 +53,20 @@ class AnthropicProvider:
             raise error_from_status(
                 exc, exc.status_code, exc.response.headers, self.name
             ) from exc
-        text = "".join(
-            block.text for block in resp.content if getattr(block, "type", "") == "text"
-        )
-        return RawCompletion(
-            text=text,
-            model=resp.model or self.model,
-            prompt_tokens=resp.usage.input_tokens,
-            completion_tokens=resp.usage.output_tokens,
-        )
+        try:
+            text = "".join(
+                block.get("text", "")
+                for block in data["content"]
+                if block.get("type") == "text"
+            )
+            usage = data.get("usage") or {}
+            return RawCompletion(
+                text=text,
+                model=data.get("model") or self.model,
+                prompt_tokens=int(usage.get("input_tokens") or 0),
+                completion_tokens=int(usage.get("output_tokens") or 0),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProviderError(
+                f"anthropic: malformed response: {exc!r}", transient=True
+            ) from exc
