@@ -1,0 +1,279 @@
+"""Measure ``manage.py pubsub_bridge`` against a bare subscriber, same run.
+
+Starts the in-repository Pub/Sub emulator (subprocess), runs ``pubsub_setup``,
+adds a second subscription ("bench-bare") to the inbound topic, and publishes
+N chat messages (unique message ids, ``kind=chat_message``) with the real
+client, so both subscriptions hold all N. Then:
+
+(a) a bare subscriber (real client, streaming pull, flow control) only acks;
+(b) the bridge (subprocess, as users start it) routes each message through the
+    real ``chat_message`` route (stores the inbound row) and enqueues its reply
+    chain into Redis (no worker runs), acking after the broker accepted it.
+
+Prints messages/s of both, b/a (target >= 0.6), and the counts lost and
+duplicated, read from the Celery messages in Redis (one ``reply_generate`` per
+inbound row, each naming its row). Uses DATABASE_URL when set (a separate
+``<name>_bench_bridge`` database on PostgreSQL), else SQLite in a temp dir;
+CELERY_BROKER_URL when it is Redis, else a throwaway ``redis-server``.
+
+    make bench-bridge          # or: python bench/bridge.py --messages 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "vocoeng-bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_emulator() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "vocoeng.pubsub_emulator"),
+            *("--port", "0", "--log-level", "WARNING"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    return proc, line.split("=", 1)[1]
+
+
+def database(tmp: Path) -> tuple[str, str]:
+    """Return (DATABASE_URL, description) of a fresh database for this run."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        return f"sqlite:///{tmp / 'bench.sqlite3'}", "SQLite (temp file)"
+    import psycopg
+
+    parts = urllib.parse.urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'vocoeng'}_bench_bridge"
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return parts._replace(path=f"/{name}").geturl(), f"PostgreSQL ({name})"
+
+
+def broker() -> tuple[str, subprocess.Popen | None, str]:
+    """Return (redis url, throwaway server or None, description)."""
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if url.startswith("redis"):
+        return url, None, f"Redis {url}"
+    if shutil.which("redis-server") is None:
+        sys.exit("bench-bridge needs Redis: set CELERY_BROKER_URL or install redis")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    return f"redis://127.0.0.1:{port}/0", proc, f"Redis (throwaway, port {port})"
+
+
+def publish(topic: str, n: int) -> float:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=500)
+    )
+    started = time.monotonic()
+    futures = []
+    for i in range(n):
+        data = json.dumps(
+            {
+                "source": "api",
+                "user_id": f"bench-{i % 500}",
+                "message": f"bench message {i}",
+                "message_id": f"bench-{i}",
+            }
+        ).encode()
+        futures.append(publisher.publish(topic, data, kind="chat_message"))
+    for future in futures:
+        future.result(timeout=120)
+    elapsed = time.monotonic() - started
+    publisher.stop()
+    return n / elapsed
+
+
+def bare(subscription: str, n: int, max_in_flight: int) -> float:
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    lock = threading.Lock()
+    seen: set[str] = set()
+    first: list[float] = []
+    done = threading.Event()
+
+    def callback(message) -> None:
+        message.ack()
+        with lock:
+            if not first:
+                first.append(time.monotonic())
+            seen.add(message.message_id)
+            if len(seen) >= n:
+                done.set()
+
+    future = subscriber.subscribe(
+        subscription,
+        callback,
+        flow_control=pubsub_v1.types.FlowControl(max_messages=max_in_flight),
+    )
+    if not done.wait(600):
+        raise RuntimeError(f"bare subscriber got {len(seen)}/{n}")
+    elapsed = time.monotonic() - first[0]
+    future.cancel()
+    future.result(timeout=30)
+    subscriber.close()
+    return n / elapsed
+
+
+def queue_key(prefix: str) -> str:
+    return f"{prefix}ai"
+
+
+def bridge(env: dict[str, str], r, key: str, n: int, max_in_flight: int) -> float:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "manage.py", "pubsub_bridge"),
+            *("--subscription", "vocoeng-messages-bridge"),
+            *("--max-in-flight", str(max_in_flight)),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while r.llen(key) == 0:
+            if proc.poll() is not None:
+                raise RuntimeError("the bridge exited")
+            time.sleep(0.01)
+        started, base_count = time.monotonic(), r.llen(key)
+        deadline = started + 900
+        last, last_change = base_count, time.monotonic()
+        while (count := r.llen(key)) < n and time.monotonic() < deadline:
+            if count != last:
+                last, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > 30:
+                break  # stalled: report what was lost
+            time.sleep(0.02)
+        elapsed = time.monotonic() - started
+        return (r.llen(key) - base_count) / elapsed
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def count_chains(r, key: str) -> tuple[int, int]:
+    """Return (Celery messages queued, distinct inbound rows they name)."""
+    rows = set()
+    raw = r.lrange(key, 0, -1)
+    for item in raw:
+        message = json.loads(item)
+        body = json.loads(base64.b64decode(message["body"]))
+        rows.add(body[0][0])  # reply_generate.si(message pk)
+    return len(raw), len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--max-in-flight", type=int, default=500)
+    args = parser.parse_args()
+    n = args.messages
+
+    import redis
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
+    emulator, address = start_emulator()
+    redis_url, redis_proc, broker_desc = broker()
+    db_url, db_desc = database(tmp)
+    prefix = "bench-bridge-"
+    env = {
+        **os.environ,
+        "DJANGO_DEV": "1",
+        "VOCOENG_VAR_DIR": str(tmp),
+        "DATABASE_URL": db_url,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_REDIS_KEY_PREFIX": prefix,
+        "PUBSUB_EMULATOR_HOST": address,
+        "PUBSUB_PROJECT_ID": PROJECT,
+    }
+    os.environ["PUBSUB_EMULATOR_HOST"] = address
+    r = redis.Redis.from_url(redis_url)
+    r.delete(queue_key(prefix))
+    try:
+        for command in (["migrate", "--noinput"], ["pubsub_setup"]):
+            subprocess.run(
+                [sys.executable, "manage.py", *command],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        from google.cloud import pubsub_v1
+
+        subscriber = pubsub_v1.SubscriberClient()
+        topic = f"projects/{PROJECT}/topics/vocoeng-messages"
+        bare_sub = f"projects/{PROJECT}/subscriptions/bench-bare"
+        subscriber.create_subscription(
+            request={"name": bare_sub, "topic": topic, "ack_deadline_seconds": 600}
+        )
+        subscriber.close()
+
+        print(f"messages {n}, max in flight {args.max_in_flight}")
+        print(f"database {db_desc}; broker {broker_desc}; emulator {address}")
+        published = publish(topic, n)
+        a = bare(bare_sub, n, args.max_in_flight)
+        b = bridge(env, r, queue_key(prefix), n, args.max_in_flight)
+        queued, distinct = count_chains(r, queue_key(prefix))
+        lost, duplicated = n - distinct, queued - distinct
+
+        rows = [
+            ("publish (real client)", f"{published:,.0f} msg/s"),
+            ("(a) bare subscriber, ack only", f"{a:,.0f} msg/s"),
+            ("(b) bridge → chat route → Redis", f"{b:,.0f} msg/s"),
+            ("(c) b/a (target >= 0.6)", f"{b / a:.2f}"),
+            ("chains in Redis", f"{queued}"),
+            ("lost", f"{lost}"),
+            ("duplicated", f"{duplicated}"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        print()
+        for k, v in rows:
+            print(f"{k:<{width}}  {v:>14}")
+    finally:
+        r.delete(queue_key(prefix))
+        emulator.terminate()
+        emulator.wait(10)
+        if redis_proc is not None:
+            redis_proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
