@@ -118,6 +118,8 @@ def _finish(step: StepProgress, attempt: int, *, status: str, **fields: Any) -> 
 
 
 def _mark_run_running(run: Run) -> None:
+    if run.status == Run.Status.RUNNING:
+        return  # the common case: no write
     now = timezone.now()
     if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
         status=Run.Status.RUNNING

@@ -75,8 +75,12 @@ class ScriptedModel:
         fail: Iterable[str] = (),
         garbage: Iterable[str] = (),
         garbage_once: Iterable[str] = (),
+        hold: Iterable[str] = (),
     ) -> None:
         self.fail = set(fail)
+        # Steps in ``hold`` hang until ``release`` is set (or 60 s pass).
+        self.hold = set(hold)
+        self.release = threading.Event()
         self.garbage = set(garbage)
         self.garbage_once = set(garbage_once)
         self.lock = threading.Lock()
@@ -86,6 +90,8 @@ class ScriptedModel:
         step = step_of(body)
         with self.lock:
             self.seen.append(step)
+        if step in self.hold:
+            self.release.wait(60)
         if step in self.fail:
             raise RuntimeError(f"scripted failure of {step}")  # the fake answers 500
         if step in self.garbage:

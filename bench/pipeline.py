@@ -1,0 +1,222 @@
+"""Measure pipeline runs/s against no-op Celery tasks of the same shape.
+
+Starts the fake model server (latency 0) and one real ``celery worker``
+(thread pool), then, in the same run:
+
+* baseline: N canvases ``chain(noop, chord([noop] * P, noop))``;
+* pipeline: N consensus runs (expand → P reviews → aggregate) through the
+  real tasks, the step claims, the DB writes and the model calls.
+
+Prints runs/s, time per step and the ratio pipeline / baseline (target >= 0.5).
+Uses the embedded defaults (SQLite, filesystem broker) in a temporary folder
+unless DATABASE_URL / CELERY_BROKER_URL are set.
+
+    python bench/pipeline.py [--runs 30] [--personas 3] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from celery import shared_task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@shared_task(name="bench.noop", acks_late=True)
+def noop(*_args: object, **_kwargs: object) -> None:
+    """Do nothing: the baseline's step."""
+
+
+def _setup_env() -> None:
+    os.environ.setdefault("DJANGO_DEV", "1")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("VOCOENG_VAR_DIR", tempfile.mkdtemp(prefix="bench-pipe-"))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "vocoeng.settings"
+    sys.path.insert(0, str(ROOT))
+
+
+def _start_worker(env: dict[str, str], concurrency: int) -> subprocess.Popen[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "vocoeng",
+        "worker",
+        "-I",
+        "bench.pipeline",
+        "-Q",
+        "default,ai",
+        "-P",
+        "threads",
+        "-c",
+        str(concurrency),
+        "-l",
+        "info",
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"bench-{os.getpid()}@%h",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if " ready." in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(90):
+        proc.kill()
+        raise SystemExit("celery worker did not start")
+    return proc
+
+
+def _wait(predicate, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out waiting for the work to finish")
+        time.sleep(0.02)
+
+
+def bench_baseline(runs: int, personas: int) -> float:
+    """Return the seconds to run ``runs`` no-op canvases of the pipeline's shape."""
+    from celery import chain, chord
+
+    from vocoeng.queues import Queue
+
+    step = noop.si().set(queue=Queue.AI)
+    started = time.monotonic()
+    results = [
+        chain(step, chord([step] * personas, step)).apply_async() for _ in range(runs)
+    ]
+    _wait(lambda: all(r.ready() for r in results))
+    return time.monotonic() - started
+
+
+def bench_pipeline(runs: int, personas: int) -> float:
+    """Return the seconds to finish ``runs`` consensus runs end to end."""
+    from pipeline import services
+    from pipeline.models import Run
+    from vocoeng.services import tenant_get_default
+
+    names = [f"p{i}" for i in range(personas)]
+    tenant = tenant_get_default()
+    started = time.monotonic()
+    ids = [
+        services.run_start(tenant=tenant, idea=f"idea {i}", personas=names)[0].pk
+        for i in range(runs)
+    ]
+
+    def done() -> bool:
+        return Run.objects.filter(pk__in=ids, status__in=Run.FINISHED).count() == runs
+
+    _wait(done)
+    elapsed = time.monotonic() - started
+    bad = Run.objects.filter(pk__in=ids).exclude(status=Run.Status.SUCCEEDED)
+    if bad.exists():
+        raise SystemExit(f"{bad.count()} run(s) did not succeed: {bad.first().error}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--personas", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    _setup_env()
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from vocoeng.testing.fake_ai import FakeModelServer
+
+    call_command("migrate", verbosity=0)
+    import json
+
+    valid = {
+        "expand": {
+            "title": "t",
+            "summary": "s",
+            "goals": [],
+            "assumptions": [],
+            "questions": [],
+        },
+        "review": {"verdict": "approve", "score": 7, "strengths": [], "risks": []},
+        "aggregate": {
+            "verdict": "approve",
+            "agreement": 1,
+            "key_points": [],
+            "dissent": [],
+        },
+    }
+
+    def responder(_path: str, body: dict) -> str:
+        first = next(m for m in body["messages"] if m["role"] == "user")["content"]
+        return json.dumps(valid[first.split("\n", 1)[0].removeprefix("TASK: ")])
+
+    server = FakeModelServer(latency=0.0).start()
+    server.set_responder(responder)
+    env = {
+        "AI_PROVIDER": "openai",
+        "AI_FALLBACK": "",
+        "OPENAI_API_KEY": "sk-bench",
+        "OPENAI_BASE_URL": server.base_url,
+        "VOCOENG_VAR_DIR": os.environ["VOCOENG_VAR_DIR"],
+    }
+    worker = _start_worker(env, args.concurrency)
+    try:
+        bench_baseline(2, args.personas)  # warm up both paths
+        bench_pipeline(2, args.personas)
+        base = bench_baseline(args.runs, args.personas)
+        pipe = bench_pipeline(args.runs, args.personas)
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(30)
+        server.stop()
+    steps = args.personas + 2
+    base_rps, pipe_rps = args.runs / base, args.runs / pipe
+    ratio = pipe_rps / base_rps
+    per_step = (pipe - base) / (args.runs * steps) * 1000
+    from django.conf import settings
+
+    print(
+        f"\nbroker={settings.CELERY_BROKER_URL.split(':')[0]} "
+        f"db={settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} "
+        f"runs={args.runs} steps/run={steps} concurrency={args.concurrency}"
+    )
+    print(f"{'':28} {'runs/s':>8} {'ms/step':>8}")
+    for label, rps, secs in (
+        ("no-op chain + chord", base_rps, base),
+        ("consensus pipeline", pipe_rps, pipe),
+    ):
+        print(f"{label:28} {rps:8.2f} {secs / args.runs / steps * 1000:8.1f}")
+    print(f"{'orchestration overhead/step':28} {'':>8} {per_step:8.1f}")
+    verdict = "OK" if ratio >= 0.5 else "BELOW TARGET"
+    print(f"ratio pipeline/baseline = {ratio:.2f} (target >= 0.5) {verdict}")
+
+
+if __name__ == "__main__":
+    main()
