@@ -121,9 +121,11 @@ class WorkerProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
+        """Stop the worker: the test has checked what it needed by now, so a
+        cold shutdown (SIGQUIT) saves the seconds a warm one spends."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        os.killpg(self.proc.pid, signal.SIGQUIT)
         try:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:

@@ -1,7 +1,8 @@
 """Measure the `ai` queue: 500 messages against a model that answers in 1 s.
 
-Runs the Procfile's `ai` worker (threads pool, concurrency 100) and the rest of
-the reply chain on a second worker, against the configured broker and database
+Runs the Procfile's `ai` worker (concurrency 100) on the `reply_generate`
+task (claim, history, model call, store reply and usage), against the
+configured broker and database
 (embedded defaults unless CELERY_BROKER_URL / DATABASE_URL are set). Prints the
 achieved messages/s against the ideal (concurrency / model latency), and
 against what the fake model server itself sustains at that concurrency, both
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument(
+        "--pool", default="threads", help="the ai worker's pool (Procfile: threads)"
+    )
     opts = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="vocoeng-bench-ai-"))
@@ -171,7 +175,8 @@ def main() -> None:
         from django.conf import settings
 
         from conversations.models import Message
-        from conversations.routes import chat_message
+        from conversations.routes import inbound_store
+        from conversations.tasks import reply_generate
 
         print(
             f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
@@ -199,38 +204,20 @@ def main() -> None:
             var / "ai-worker.log",
         )
         procs.append(ai_worker)
-        procs.append(
-            start_worker(
-                env,
-                [
-                    "-Q",
-                    "default",
-                    "-P",
-                    "threads",
-                    "-c",
-                    "8",
-                    "-n",
-                    f"default-{uuid.uuid4().hex[:6]}@%h",
-                    "--without-mingle",
-                    "--without-gossip",
-                ],
-                var / "default-worker.log",
-            )
-        )
-
         run = uuid.uuid4().hex[:8]
-        signatures = [
-            chat_message(
+        # Store the inbound messages first: what is timed is the ai queue,
+        # i.e. the reply_generate task (claim, history, model call, store).
+        signatures = []
+        for i in range(opts.messages):
+            message, _ = inbound_store(
                 data={
                     "source": "api",
                     "user_id": f"bench-{run}-{i}",
                     "message": f"question {i}",
                     "message_id": f"bench-{run}-{i}",
-                },
-                attributes={},
+                }
             )
-            for i in range(opts.messages)
-        ]
+            signatures.append(reply_generate.si(str(message.pk)))
         peak = [0.0]
         stop = threading.Event()
 
@@ -240,6 +227,27 @@ def main() -> None:
                 time.sleep(0.2)
 
         threading.Thread(target=sample, daemon=True).start()
+        if os.environ.get("BENCH_PYSPY"):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "-p",
+                        str(ai_worker.pid),
+                        "-o",
+                        os.environ["BENCH_PYSPY"],
+                        "-f",
+                        "raw",
+                        "-d",
+                        "15",
+                        "-r",
+                        "200",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         cpu_before = cpu_seconds(ai_worker.pid)
         start = time.monotonic()
         for sig in signatures:

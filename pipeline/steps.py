@@ -179,6 +179,11 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
     if attempt is None:
         step.refresh_from_db()
         if step.status in StepProgress.FINISHED:
+            logger.info(
+                "idempotent_skip run=%s step=%s reason=finished-meanwhile",
+                run.pk,
+                name,
+            )
             return Outcome("done", status=step.status, output=step.output)
         return Outcome("wait")  # held by another worker: look again later
     _mark_run_running(run)

@@ -127,6 +127,19 @@ def _build(name: str, model: str, timeout: float) -> Provider:
     return EchoProvider(model)
 
 
+def warm_up() -> None:
+    """Build the clients of the configured providers (imports their SDKs).
+
+    Called when a worker starts; a misconfigured provider is logged here and
+    reported again, with its reason, on the first call that needs it.
+    """
+    for name in provider_order():
+        try:
+            get_provider(name)
+        except Exception as exc:
+            logger.warning("ai_provider_warm_up_failed provider=%s error=%s", name, exc)
+
+
 def _default_model(name: str) -> str:
     return {
         "openai": settings.OPENAI_MODEL,

@@ -13,14 +13,23 @@ def database_down(transactional_db: None) -> Iterator[None]:
     """Point the default connection at a database that cannot be reached."""
     saved = dict(connection.settings_dict)
     connection.close()
+    if hasattr(connection, "close_pool"):
+        connection.close_pool()  # PostgreSQL: the pool holds live connections
     if connection.vendor == "sqlite":
         connection.settings_dict["NAME"] = "/nonexistent-dir/vocoeng.sqlite3"
     else:
         connection.settings_dict["PORT"] = "1"  # nothing listens there
+        options = dict(connection.settings_dict.get("OPTIONS") or {})
+        if options.get("pool"):
+            # Fail in 1 s instead of waiting the pool's timeout for a connection.
+            options["pool"] = {**options["pool"], "timeout": 1}
+            connection.settings_dict["OPTIONS"] = options
     try:
         yield
     finally:
         connection.close()
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()
         connection.settings_dict.clear()
         connection.settings_dict.update(saved)
 
