@@ -120,7 +120,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument(
-        "--pool", default="threads", help="the ai worker's pool (Procfile: threads)"
+        "--processes", type=int, default=1, help="ai worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--pool", default="threads", help="ai worker pool (Procfile: threads)"
     )
     opts = parser.parse_args()
 
@@ -181,29 +184,38 @@ def main() -> None:
         print(
             f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
             f"broker: {settings.CELERY_BROKER_URL.split('://')[0]}, "
-            f"model latency {opts.latency}s, ai concurrency {opts.concurrency}"
+            f"model latency {opts.latency}s, ai concurrency {opts.concurrency} "
+            f"in {opts.processes} {opts.pool} process(es)"
         )
         capacity = server_capacity(
             env["OPENAI_BASE_URL"], opts.concurrency, opts.messages
         )
 
-        ai_worker = start_worker(
-            env,
-            [
-                "-Q",
-                "ai",
-                "-P",
-                "threads",
-                "-c",
-                str(opts.concurrency),
-                "-n",
-                f"ai-{uuid.uuid4().hex[:6]}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            var / "ai-worker.log",
-        )
-        procs.append(ai_worker)
+        # One ai process per --processes, the concurrency split between them:
+        # the Procfile's `ai` process type, scaled to N processes.
+        per_process = max(1, opts.concurrency // opts.processes)
+        ai_workers = []
+        for n in range(opts.processes):
+            ai_workers.append(
+                start_worker(
+                    env,
+                    [
+                        "-Q",
+                        "ai",
+                        "-P",
+                        opts.pool,
+                        "-c",
+                        str(per_process),
+                        "-n",
+                        f"ai{n}-{uuid.uuid4().hex[:6]}@%h",
+                        "--without-mingle",
+                        "--without-gossip",
+                    ],
+                    var / f"ai-worker-{n}.log",
+                )
+            )
+        procs.extend(ai_workers)
+        ai_worker = ai_workers[0]
         run = uuid.uuid4().hex[:8]
         # Store the inbound messages first: what is timed is the ai queue,
         # i.e. the reply_generate task (claim, history, model call, store).
@@ -223,7 +235,7 @@ def main() -> None:
 
         def sample() -> None:
             while not stop.is_set():
-                peak[0] = max(peak[0], peak_rss_mb(ai_worker.pid))
+                peak[0] = max(peak[0], *(peak_rss_mb(w.pid) for w in ai_workers))
                 time.sleep(0.2)
 
         threading.Thread(target=sample, daemon=True).start()
@@ -248,7 +260,7 @@ def main() -> None:
                     stderr=subprocess.DEVNULL,
                 )
             )
-        cpu_before = cpu_seconds(ai_worker.pid)
+        cpu_before = sum(cpu_seconds(w.pid) for w in ai_workers)
         start = time.monotonic()
         for sig in signatures:
             sig.apply_async()
@@ -263,9 +275,10 @@ def main() -> None:
                 break
             time.sleep(0.1)
         elapsed = time.monotonic() - start
-        cpu_ms = (cpu_seconds(ai_worker.pid) - cpu_before) * 1000 / max(done, 1)
+        cpu_used = sum(cpu_seconds(w.pid) for w in ai_workers) - cpu_before
+        cpu_ms = cpu_used * 1000 / max(done, 1)
         stop.set()
-        peak[0] = max(peak[0], peak_rss_mb(ai_worker.pid))
+        peak[0] = max(peak[0], *(peak_rss_mb(w.pid) for w in ai_workers))
         replies = Message.objects.filter(
             role="assistant", reply_to__external_id__startswith=prefix
         )
@@ -293,7 +306,7 @@ def main() -> None:
         )
         print(
             f"ai worker CPU per message: {cpu_ms:.1f} ms -> one core (the GIL) caps "
-            f"this worker at ~{1000 / cpu_ms:.0f} msg/s; load average now "
+            f"one process at ~{1000 / cpu_ms:.0f} msg/s; load average now "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         )
         verdict = "met" if achieved / ideal >= 0.8 else "NOT met"
