@@ -1,6 +1,6 @@
 """Measure the WhatsApp webhook under gunicorn against a bare WSGI app.
 
-Starts gunicorn as the Procfile does (2 workers x 8 threads) on a fresh var
+Starts gunicorn with the Procfile's ``web`` line on a fresh var
 dir and database (migrated first), sends N signed webhook POSTs (unique
 wamids) from C keep-alive client threads, then the same load against
 ``bench/bare_wsgi.py`` under the same gunicorn config. Prints requests/s and
@@ -15,9 +15,10 @@ CELERY_BROKER_URL are set.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -37,13 +38,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def procfile_web(app: str, port: int, env: dict[str, str]) -> list[str]:
+    """Return the Procfile's ``web`` command for ``app`` bound to ``port``.
+
+    ``${NAME:-default}`` is expanded from ``env``, so WEB_CONCURRENCY changes
+    the workers here as it does in production.
+    """
+    line = next(
+        row.partition(":")[2]
+        for row in (ROOT / "Procfile").read_text().splitlines()
+        if row.startswith("web:")
+    )
+    line = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1]) or m[2], line)
+    argv = shlex.split(line)
+    assert argv[0] == "gunicorn", argv
+    argv[1] = app
+    argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
+    return [sys.executable, "-m", *argv]
+
+
 def gunicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
-    cmd = [
-        sys.executable, "-m", "gunicorn", app,
-        "--bind", f"127.0.0.1:{port}",
-        "--workers", "2", "--threads", "8", "--timeout", "30",
-        "--access-logfile", "-",
-    ]  # fmt: skip
+    cmd = procfile_web(app, port, env)
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -58,36 +73,86 @@ def gunicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
     raise RuntimeError(f"gunicorn {app} did not start")
 
 
-def load(port: int, bodies: list[tuple[bytes, str]], concurrency: int) -> dict:
-    """POST every body once from ``concurrency`` keep-alive clients."""
+def _request(raw: bytes, sig: str) -> bytes:
+    head = (
+        "POST /webhooks/whatsapp/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\n"
+        f"X-Hub-Signature-256: {sig}\r\nContent-Length: {len(raw)}\r\n\r\n"
+    )
+    return head.encode() + raw
+
+
+class Client:
+    """Send pre-built HTTP/1.1 requests on one keep-alive socket (cheap per call)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def send(self, request: bytes) -> int:
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buf = b""
+        self.sock.sendall(request)
+        while b"\r\n\r\n" not in self.buf:
+            self._recv()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length, close = 0, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        while len(self.buf) < length:
+            self._recv()
+        self.buf = self.buf[length:]
+        if close:
+            self.close()
+        return status
+
+    def _recv(self) -> None:
+        assert self.sock is not None
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        self.buf += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+def load(port: int, requests: list[bytes], concurrency: int) -> dict:
+    """Send every request once from ``concurrency`` keep-alive clients.
+
+    Requests are pre-built bytes on raw sockets: the generator shares the
+    cores with the server, so it is kept as cheap as it can be in Python.
+    """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     lock = threading.Lock()
-    cursor = iter(range(len(bodies)))
+    cursor = iter(range(len(requests)))
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = Client(port)
         mine, codes = [], {}
         while True:
             with lock:
                 i = next(cursor, None)
             if i is None:
                 break
-            raw, sig = bodies[i]
             started = time.perf_counter()
             try:
-                conn.request(
-                    "POST",
-                    "/webhooks/whatsapp/",
-                    raw,
-                    {"Content-Type": "application/json", "X-Hub-Signature-256": sig},
-                )
-                response = conn.getresponse()
-                response.read()
-                code = response.status
-            except (OSError, http.client.HTTPException):
+                code = conn.send(requests[i])
+            except OSError:
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 code = 0
             mine.append(time.perf_counter() - started)
             codes[code] = codes.get(code, 0) + 1
@@ -157,8 +222,9 @@ def main() -> int:
         raw = json.dumps(
             p.notification([p.text(f"1555{i % 500:07d}", f"bench {i}", id=wamid)])
         ).encode()
-        bodies.append((raw, whatsapp_signature(body=raw, secret=SECRET)))
+        bodies.append(_request(raw, whatsapp_signature(body=raw, secret=SECRET)))
 
+    load_before = os.getloadavg()
     results = {}
     for name, wsgi in (("webhook", "vocoeng.wsgi"), ("bare", "bench.bare_wsgi:app")):
         port = free_port()
@@ -182,8 +248,14 @@ def main() -> int:
     web, bare = results["webhook"], results["bare"]
     ratio = web["rps"] / bare["rps"]
     print(f"\nbench/webhooks  requests={args.requests} concurrency={args.concurrency}")
+    broker = env.get("CELERY_BROKER_URL", "filesystem://")
+    print(f"database={django.db.connection.vendor} broker={broker}")
+    web_cmd = procfile_web("<app>", 0, env)[2:]
+    print(f"server: {' '.join(web_cmd)}  (cores={os.cpu_count()})")
     print(
-        f"database={django.db.connection.vendor} broker={env.get('CELERY_BROKER_URL', 'filesystem://')}"
+        "load average before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
+            *load_before, *os.getloadavg()
+        )
     )
     print(f"{'target':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
     for name in ("webhook", "bare"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.utils import timezone
 
 from conversations.models import Message
 
@@ -28,7 +29,11 @@ class WebhookDelivery(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     source = models.CharField(max_length=16, choices=Source.choices)
-    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set by the caller (not auto_now_add): the messages a delivery holds carry
+    # the same received_at, written in the same transaction.
+    received_at = models.DateTimeField(
+        default=timezone.now, editable=False, db_index=True
+    )
     headers = models.JSONField(default=dict, blank=True)
     body = models.TextField(blank=True)
     verdict = models.CharField(

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from conversations.models import Message
@@ -29,8 +29,15 @@ from vocoeng.models import Tenant
 from vocoeng.routing import PermanentMessageError
 from vocoeng.services import tenant_get_default
 
+from .inbound import REQUEUE_AFTER, chains_enqueue, messages_ingest
 from .models import WebhookDelivery
-from .parsers import InboundItem, NotANotification, parse_aisensy, parse_whatsapp
+from .parsers import (
+    InboundItem,
+    NotANotification,
+    Notification,
+    parse_aisensy,
+    parse_whatsapp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +50,11 @@ KEPT_HEADERS = (
     "X-Cloud-Trace-Context",
     "X-VocoEng-Tenant",
 )
-# A stored message still ``received`` this long after it arrived lost its
-# chain (e.g. the broker failed after commit): a redelivery enqueues it again.
-# Younger duplicates are Meta retries of a message whose chain is queued.
-REQUEUE_AFTER = timedelta(seconds=30)
-
+DEFAULT_CHAT_ROUTE = "conversations.routes.chat_message"
 
 Processor = Callable[..., dict]
+Receiver = Callable[..., tuple[WebhookDelivery, dict]]
+Parser = Callable[[Any], Notification]
 
 
 class DeliveryRejected(Exception):
@@ -58,6 +63,14 @@ class DeliveryRejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DeliveryFailed(Exception):
+    """Say a delivery failed on our side (recorded as failed; answered 503)."""
+
+    def __init__(self, delivery: Any) -> None:
+        super().__init__(f"delivery {delivery} failed")
+        self.delivery = delivery
 
 
 def delivery_record(
@@ -81,10 +94,10 @@ def delivery_record(
 
 def _finish(
     delivery: WebhookDelivery, *, verdict: str, error: str = "", summary: dict
-) -> None:
+) -> int:
     delivery.verdict, delivery.error, delivery.summary = verdict, error, summary
     delivery.processed_at = timezone.now()
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+    return WebhookDelivery.objects.filter(pk=delivery.pk).update(
         verdict=verdict,
         error=error[:4000],
         summary=summary,
@@ -93,8 +106,14 @@ def _finish(
 
 
 def delivery_fail(*, delivery: WebhookDelivery, error: str) -> None:
-    """Record that processing failed on our side (the sender will retry)."""
-    _finish(delivery, verdict=WebhookDelivery.Verdict.FAILED, error=error, summary={})
+    """Record that processing failed on our side (the sender will retry).
+
+    A delivery whose row went with the undone transaction is inserted again.
+    """
+    verdict = WebhookDelivery.Verdict.FAILED
+    if not _finish(delivery, verdict=verdict, error=error, summary={}):
+        delivery.error = error[:4000]
+        delivery.save(force_insert=True)
 
 
 def inbound_ingest(
@@ -144,31 +163,45 @@ def inbound_ingest(
     return "queued"
 
 
-def _process(delivery: WebhookDelivery, *, parse: Any, source: str) -> dict:
+def _notification(body: str, parse: Parser) -> Notification:
+    """Parse a delivery's body or raise DeliveryRejected with the reason."""
     try:
-        body = json.loads(delivery.body)
+        data = json.loads(body)
     except json.JSONDecodeError as exc:
-        reason = f"body is not JSON: {exc.msg}"
-        _finish(
-            delivery, verdict=WebhookDelivery.Verdict.REJECTED, error=reason, summary={}
-        )
-        raise DeliveryRejected(reason) from exc
+        raise DeliveryRejected(f"body is not JSON: {exc.msg}") from exc
     try:
-        notification = parse(body)
+        return parse(data)
     except NotANotification as exc:
-        _finish(
-            delivery,
-            verdict=WebhookDelivery.Verdict.REJECTED,
-            error=str(exc),
-            summary={},
-        )
         raise DeliveryRejected(str(exc)) from exc
-    tenant = tenant_get_default()
-    received_at = delivery.received_at.isoformat()
-    outcomes: dict[str, int] = {}
+
+
+def _fast_path() -> bool:
+    # BUS=direct with the stock chat route: store here, enqueue the chains.
+    return (
+        settings.BUS == "direct"
+        and settings.BUS_ROUTES.get("chat_message") == DEFAULT_CHAT_ROUTE
+    )
+
+
+def _act(
+    notification: Notification, *, source: str, received_at: str
+) -> tuple[str, str, dict, list[str]]:
+    """Act on a parsed delivery (inside a transaction).
+
+    Returns the verdict, the error, the summary and the inbound message ids
+    whose reply chains are due after commit.
+    """
     problems = list(notification.problems)
-    statuses = 0
-    with transaction.atomic():
+    chains: list[str] = []
+    if _fast_path():
+        result = messages_ingest(
+            items=notification.messages, source=source, received_at=received_at
+        )
+        outcomes, chains = result.outcomes, result.chains
+        problems.extend(result.problems)
+    else:
+        tenant = tenant_get_default()
+        outcomes = {}
         for item in notification.messages:
             try:
                 with transaction.atomic():
@@ -179,33 +212,123 @@ def _process(delivery: WebhookDelivery, *, parse: Any, source: str) -> dict:
                 outcome = "invalid"
                 problems.append(f"{item.message_id}: {exc.reason}")
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        for status in notification.statuses:
-            statuses += message_status_update(
-                channel=source,
-                external_id=status.message_id,
-                status=status.status,
-                error=status.error,
-            )
-        summary = {
-            "messages": outcomes,
-            "statuses": len(notification.statuses),
-            "statuses_applied": statuses,
-            "ignored": notification.ignored,
-        }
-        acted = notification.messages or notification.statuses
-        verdict = (
-            WebhookDelivery.Verdict.PROCESSED
-            if acted
-            else WebhookDelivery.Verdict.IGNORED
+    statuses = 0
+    for status in notification.statuses:
+        statuses += message_status_update(
+            channel=source,
+            external_id=status.message_id,
+            status=status.status,
+            error=status.error,
         )
-        _finish(delivery, verdict=verdict, error="; ".join(problems), summary=summary)
+    summary = {
+        "messages": outcomes,
+        "statuses": len(notification.statuses),
+        "statuses_applied": statuses,
+        "ignored": notification.ignored,
+    }
+    acted = notification.messages or notification.statuses
+    verdict = (
+        WebhookDelivery.Verdict.PROCESSED if acted else WebhookDelivery.Verdict.IGNORED
+    )
+    return verdict, "; ".join(problems), summary, chains
+
+
+def _log(delivery: WebhookDelivery, summary: dict) -> None:
     logger.info(
         "webhook_processed source=%s delivery=%s messages=%s statuses=%s",
-        source,
+        delivery.source,
         delivery.pk,
-        outcomes,
-        statuses,
+        summary["messages"],
+        summary["statuses_applied"],
     )
+
+
+def delivery_receive(
+    *, source: str, body: bytes, headers: dict[str, str], parse: Parser
+) -> tuple[WebhookDelivery, dict]:
+    """Record and process a verified delivery in one transaction.
+
+    The delivery row is written with its verdict in the same transaction as
+    the messages it holds, and the reply chains are enqueued after commit. A
+    malformed body is recorded as rejected (DeliveryRejected is raised); when
+    processing fails the transaction is undone and the caller records the
+    delivery as failed with :func:`delivery_fail`, so it is never lost.
+    """
+    delivery = WebhookDelivery(
+        source=source,
+        headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+        body=body.decode("utf-8", errors="replace"),
+        received_at=timezone.now(),
+    )
+    try:
+        notification = _notification(delivery.body, parse)
+    except DeliveryRejected as exc:
+        delivery.verdict, delivery.error = WebhookDelivery.Verdict.REJECTED, exc.reason
+        delivery.processed_at = timezone.now()
+        delivery.save(force_insert=True)
+        raise
+    try:
+        with transaction.atomic():
+            verdict, error, summary, chains = _act(
+                notification,
+                source=source,
+                received_at=delivery.received_at.isoformat(),
+            )
+            delivery.verdict, delivery.summary = verdict, summary
+            delivery.error = error[:4000]
+            delivery.processed_at = timezone.now()
+            delivery.save(force_insert=True)
+            if chains:
+                transaction.on_commit(partial(chains_enqueue, message_ids=chains))
+    except Exception as exc:  # DB or broker down: recorded, the sender retries
+        logger.exception("webhook_failed source=%s delivery=%s", source, delivery.pk)
+        try:
+            delivery_fail(delivery=delivery, error=f"{type(exc).__name__}: {exc}")
+        except DatabaseError:
+            logger.exception("webhook_fail_unrecorded delivery=%s", delivery.pk)
+        raise DeliveryFailed(delivery.pk) from exc
+    _log(delivery, summary)
+    return delivery, summary
+
+
+def whatsapp_receive(
+    *, body: bytes, headers: dict[str, str]
+) -> tuple[WebhookDelivery, dict]:
+    """Record and process a verified WhatsApp delivery (see delivery_receive)."""
+    return delivery_receive(
+        source="whatsapp", body=body, headers=headers, parse=parse_whatsapp
+    )
+
+
+def aisensy_receive(
+    *, body: bytes, headers: dict[str, str]
+) -> tuple[WebhookDelivery, dict]:
+    """Record and process a verified AiSensy delivery (see delivery_receive)."""
+    return delivery_receive(
+        source="aisensy", body=body, headers=headers, parse=parse_aisensy
+    )
+
+
+def _process(delivery: WebhookDelivery, *, parse: Parser, source: str) -> dict:
+    """Process an already recorded delivery again (the replay path)."""
+    try:
+        notification = _notification(delivery.body, parse)
+    except DeliveryRejected as exc:
+        _finish(
+            delivery,
+            verdict=WebhookDelivery.Verdict.REJECTED,
+            error=exc.reason,
+            summary={},
+        )
+        raise
+    with transaction.atomic():
+        verdict, error, summary, chains = _act(
+            notification, source=source, received_at=delivery.received_at.isoformat()
+        )
+        _finish(delivery, verdict=verdict, error=error, summary=summary)
+        if chains:
+            transaction.on_commit(partial(chains_enqueue, message_ids=chains))
+    _log(delivery, summary)
     return summary
 
 

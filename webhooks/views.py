@@ -24,6 +24,19 @@ from .security import shared_secret_valid, whatsapp_signature_valid
 logger = logging.getLogger(__name__)
 
 
+def _receive(
+    request: HttpRequest, *, source: str, receive: services.Receiver
+) -> HttpResponse:
+    try:
+        delivery, summary = receive(body=request.body, headers=dict(request.headers))
+    except services.DeliveryRejected as exc:
+        return JsonResponse({"error": exc.reason}, status=400)
+    except services.DeliveryFailed as exc:  # DB or broker down: the sender retries
+        logger.warning("webhook_failed source=%s delivery=%s", source, exc.delivery)
+        return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
+    return JsonResponse({"status": "ok", "delivery": str(delivery.pk), **summary})
+
+
 def _process(
     request: HttpRequest, *, source: str, process: services.Processor
 ) -> HttpResponse:
@@ -85,9 +98,7 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
         body=request.body, header=header, secret=settings.WHATSAPP_APP_SECRET
     ):
         return _unauthorized("whatsapp", "X-Hub-Signature-256 does not match", 403)
-    return _process(
-        request, source="whatsapp", process=services.whatsapp_delivery_process
-    )
+    return _receive(request, source="whatsapp", receive=services.whatsapp_receive)
 
 
 @csrf_exempt
@@ -99,9 +110,7 @@ def aisensy(request: HttpRequest) -> HttpResponse:
         return _unauthorized("aisensy", "X-AiSensy-Secret is missing", 401)
     if not shared_secret_valid(given=given, secret=settings.AISENSY_WEBHOOK_SECRET):
         return _unauthorized("aisensy", "X-AiSensy-Secret does not match", 403)
-    return _process(
-        request, source="aisensy", process=services.aisensy_delivery_process
-    )
+    return _receive(request, source="aisensy", receive=services.aisensy_receive)
 
 
 @csrf_exempt
