@@ -148,7 +148,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "vocoeng.testing.fake_ai",
+                    "vocoeng.testing.fake_ai_async",
                     "--port",
                     str(model_port),
                     "--latency",
