@@ -8,7 +8,10 @@ client, so both subscriptions hold all N. Then:
 (a) a bare subscriber (real client, streaming pull, flow control) only acks;
 (b) the bridge (subprocess, as users start it) routes each message through the
     real ``chat_message`` route (stores the inbound row) and enqueues its reply
-    chain into Redis (no worker runs), acking after the broker accepted it.
+    chain into Redis (no worker runs), acking after the broker accepted it;
+(b0) the bridge again on a third subscription of the same messages, with
+    ``chat_message`` pointed at a route that only enqueues a no-op task: the
+    bridge's own cost (dedup claims, enqueue, ack) without the route's writes.
 
 Prints messages/s of both, b/a (target >= 0.6), and the counts lost and
 duplicated, read from the Celery messages in Redis (one ``reply_generate`` per
@@ -155,17 +158,37 @@ def queue_key(prefix: str) -> str:
     return f"{prefix}ai"
 
 
-def bridge(env: dict[str, str], r, key: str, n: int, max_in_flight: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) process ``pid`` used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bridge(
+    env: dict[str, str], r, key: str, n: int, subscription: str, extra: list[str]
+) -> tuple[float, float]:
+    """Run the bridge on ``subscription`` until ``n`` chains are queued.
+
+    Returns messages/s and the bridge's CPU time per message (µs) over the
+    same window, which depends less on what else the machine runs.
+    """
+    # BENCH_BRIDGE_LOG=/tmp/x keeps the bridge's output in /tmp/x.<subscription>
+    log_path = os.environ.get("BENCH_BRIDGE_LOG")
+    log = (
+        open(f"{log_path}.{subscription}", "w")
+        if log_path
+        else subprocess.DEVNULL
+    )
     proc = subprocess.Popen(
         [
             *(sys.executable, "manage.py", "pubsub_bridge"),
-            *("--subscription", "vocoeng-messages-bridge"),
-            *("--max-in-flight", str(max_in_flight)),
+            *("--subscription", subscription),
+            *extra,
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         while r.llen(key) == 0:
@@ -173,6 +196,7 @@ def bridge(env: dict[str, str], r, key: str, n: int, max_in_flight: int) -> floa
                 raise RuntimeError("the bridge exited")
             time.sleep(0.01)
         started, base_count = time.monotonic(), r.llen(key)
+        cpu_start = cpu_seconds(proc.pid)
         deadline = started + 900
         last, last_change = base_count, time.monotonic()
         while (count := r.llen(key)) < n and time.monotonic() < deadline:
@@ -182,7 +206,9 @@ def bridge(env: dict[str, str], r, key: str, n: int, max_in_flight: int) -> floa
                 break  # stalled: report what was lost
             time.sleep(0.02)
         elapsed = time.monotonic() - started
-        return (r.llen(key) - base_count) / elapsed
+        done = r.llen(key) - base_count
+        cpu = cpu_seconds(proc.pid) - cpu_start
+        return done / elapsed, cpu / max(done, 1) * 1e6
     finally:
         proc.terminate()
         proc.wait(60)
@@ -203,6 +229,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--max-in-flight", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--batch-workers", type=int, default=2)
     args = parser.parse_args()
     n = args.messages
 
@@ -216,16 +244,32 @@ def main() -> None:
     env = {
         **os.environ,
         "DJANGO_DEV": "1",
+        "DJANGO_DEBUG": "0",  # as deployed: no SQL capture per query
         "VOCOENG_VAR_DIR": str(tmp),
         "DATABASE_URL": db_url,
         "CELERY_BROKER_URL": redis_url,
         "CELERY_REDIS_KEY_PREFIX": prefix,
         "PUBSUB_EMULATOR_HOST": address,
         "PUBSUB_PROJECT_ID": PROJECT,
+        # one pooled connection per batch worker, and a spare
+        "DB_POOL_MAX_SIZE": str(args.batch_workers + 2),
     }
+    noop_prefix = "bench-bridge-noop-"
+    noop_env = {
+        **env,
+        "CELERY_REDIS_KEY_PREFIX": noop_prefix,
+        "BUS_ROUTES": json.dumps(
+            {"chat_message": "webhooks.bridge.testing.noop_route"}
+        ),
+    }
+    extra = [
+        *("--max-in-flight", str(args.max_in_flight)),
+        *("--batch-size", str(args.batch_size)),
+        *("--batch-workers", str(args.batch_workers)),
+    ]
     os.environ["PUBSUB_EMULATOR_HOST"] = address
     r = redis.Redis.from_url(redis_url)
-    r.delete(queue_key(prefix))
+    r.delete(queue_key(prefix), queue_key(noop_prefix))
     try:
         for command in (["migrate", "--noinput"], ["pubsub_setup"]):
             subprocess.run(
@@ -240,34 +284,64 @@ def main() -> None:
         subscriber = pubsub_v1.SubscriberClient()
         topic = f"projects/{PROJECT}/topics/vocoeng-messages"
         bare_sub = f"projects/{PROJECT}/subscriptions/bench-bare"
-        subscriber.create_subscription(
-            request={"name": bare_sub, "topic": topic, "ack_deadline_seconds": 600}
-        )
+        noop_sub = f"projects/{PROJECT}/subscriptions/bench-noop"
+        for name in (bare_sub, noop_sub):
+            subscriber.create_subscription(
+                request={"name": name, "topic": topic, "ack_deadline_seconds": 600}
+            )
         subscriber.close()
 
-        print(f"messages {n}, max in flight {args.max_in_flight}")
+        print(
+            f"messages {n}, max in flight {args.max_in_flight}, batch size "
+            f"{args.batch_size}, batch workers {args.batch_workers}"
+        )
         print(f"database {db_desc}; broker {broker_desc}; emulator {address}")
         published = publish(topic, n)
         a = bare(bare_sub, n, args.max_in_flight)
-        b = bridge(env, r, queue_key(prefix), n, args.max_in_flight)
+        b, b_cpu = bridge(
+            env, r, queue_key(prefix), n, "vocoeng-messages-bridge", extra
+        )
         queued, distinct = count_chains(r, queue_key(prefix))
         lost, duplicated = n - distinct, queued - distinct
+        # The same messages (same ids) again, through a route that only
+        # enqueues a no-op task: forget the dedup claims of the first pass.
+        subprocess.run(
+            [
+                *(sys.executable, "manage.py", "shell", "-c"),
+                "from vocoeng.models import ProcessedMessage as P; "
+                "P.objects.all().delete()",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        b0, b0_cpu = bridge(noop_env, r, queue_key(noop_prefix), n, "bench-noop", extra)
+        queued0, distinct0 = count_chains(r, queue_key(noop_prefix))
+        lost0, duplicated0 = n - distinct0, queued0 - distinct0
+        load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
         rows = [
             ("publish (real client)", f"{published:,.0f} msg/s"),
             ("(a) bare subscriber, ack only", f"{a:,.0f} msg/s"),
             ("(b) bridge → chat route → Redis", f"{b:,.0f} msg/s"),
             ("(c) b/a (target >= 0.6)", f"{b / a:.2f}"),
+            ("bridge CPU per message, chat route", f"{b_cpu:,.0f} µs"),
             ("chains in Redis", f"{queued}"),
             ("lost", f"{lost}"),
             ("duplicated", f"{duplicated}"),
+            ("(b0) bridge → no-op route → Redis", f"{b0:,.0f} msg/s"),
+            ("b0/a (the bridge's own overhead)", f"{b0 / a:.2f}"),
+            ("bridge CPU per message, no-op route", f"{b0_cpu:,.0f} µs"),
+            ("no-op: lost / duplicated", f"{lost0} / {duplicated0}"),
+            ("load average 1/5/15 min after", load),
         ]
         width = max(len(k) for k, _ in rows)
         print()
         for k, v in rows:
             print(f"{k:<{width}}  {v:>14}")
     finally:
-        r.delete(queue_key(prefix))
+        r.delete(queue_key(prefix), queue_key(noop_prefix))
         emulator.terminate()
         emulator.wait(10)
         if redis_proc is not None:

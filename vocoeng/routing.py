@@ -62,3 +62,27 @@ def route_message(
 ) -> Signature | None:
     """Validate one message through its route and return what to enqueue."""
     return route_for(kind)(data=data, attributes=dict(attributes or {}))
+
+
+def route_messages(
+    *, kind: str, items: list[tuple[Any, dict[str, str]]]
+) -> list[Signature | PermanentMessageError | None]:
+    """Validate many messages of one kind; return each one's signature or error.
+
+    Uses the route's optional ``batch(*, items)`` variant (one transaction for
+    the batch) when it has one, else calls the route once per message. A
+    message that can never succeed gets its PermanentMessageError in its slot
+    and does not fail the others; any other exception fails the whole call
+    (the caller then retries the messages one by one).
+    """
+    route = route_for(kind)
+    batch = getattr(route, "batch", None)
+    if batch is not None:
+        return batch(items=[(data, dict(attrs or {})) for data, attrs in items])
+    results: list[Signature | PermanentMessageError | None] = []
+    for data, attrs in items:
+        try:
+            results.append(route(data=data, attributes=dict(attrs or {})))
+        except PermanentMessageError as exc:
+            results.append(exc)
+    return results

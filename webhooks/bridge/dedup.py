@@ -12,11 +12,12 @@ than the redeliveries the claim absorbs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from enum import StrEnum
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from vocoeng.models import ProcessedMessage
@@ -58,6 +59,94 @@ def dedup_claim(*, kind: str, key: str, message_id: str) -> Claim:
         if taken:
             return Claim.CLAIMED
     return Claim.BUSY
+
+
+# Rows per INSERT statement (6 parameters each; SQLite allows 32766).
+_CHUNK = 1000
+
+
+def dedup_claim_many(
+    *, items: Sequence[tuple[str, str, str]]
+) -> dict[tuple[str, str], Claim]:
+    """Claim many ``(kind, key, message_id)`` at once; return each key's claim.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` takes every free key;
+    the keys already present are read in one query and judged as
+    :func:`dedup_claim` does (a stale pending claim is taken over one by one).
+    A key listed twice is claimed once.
+    """
+    now = timezone.now()
+    first: dict[tuple[str, str], str] = {}
+    for kind, key, message_id in items:
+        first.setdefault((kind, key), message_id)
+    claims: dict[tuple[str, str], Claim] = {}
+    table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    q = connection.ops.quote_name
+    columns = ", ".join(
+        q(c) for c in ("kind", "key", "message_id", "state", "claimed_at", "created_at")
+    )
+    rows = list(first.items())
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+                params: list[object] = []
+                for (kind, key), message_id in chunk:
+                    params += [kind, key, message_id, "pending", stamp, stamp]
+                cursor.execute(
+                    f"INSERT INTO {table} ({columns}) "  # noqa: S608 - our names
+                    f"VALUES {values} ON CONFLICT ({q('kind')}, {q('key')}) "
+                    f"DO NOTHING RETURNING {q('kind')}, {q('key')}",
+                    params,
+                )
+                for kind, key in cursor.fetchall():
+                    claims[(kind, key)] = Claim.CLAIMED
+    taken = [k for k in first if k not in claims]
+    if not taken:
+        return claims
+    stale = now - timedelta(seconds=settings.PUBSUB_BRIDGE_CLAIM_SECONDS)
+    found = {}
+    for kind in {kind for kind, _ in taken}:
+        keys = [key for k, key in taken if k == kind]
+        for row in ProcessedMessage.objects.filter(kind=kind, key__in=keys):
+            found[(row.kind, row.key)] = row
+    for kind, key in taken:
+        row = found.get((kind, key))
+        if row is None or (
+            row.state == ProcessedMessage.State.PENDING and row.claimed_at < stale
+        ):  # released meanwhile, or stale: the careful one-by-one path
+            claims[(kind, key)] = dedup_claim(
+                kind=kind, key=key, message_id=first[(kind, key)]
+            )
+        elif row.state != ProcessedMessage.State.PENDING:
+            claims[(kind, key)] = Claim.DONE
+        else:
+            claims[(kind, key)] = Claim.BUSY
+    return claims
+
+
+def _by_kind(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for kind, key in keys:
+        grouped.setdefault(kind, []).append(key)
+    return grouped
+
+
+def dedup_finish_many(*, keys: Iterable[tuple[str, str]], dead: bool = False) -> None:
+    """Mark many ``(kind, key)`` claims done (or dead) in one UPDATE per kind."""
+    state = ProcessedMessage.State.DEAD if dead else ProcessedMessage.State.DONE
+    for kind, group in _by_kind(keys).items():
+        ProcessedMessage.objects.filter(kind=kind, key__in=group).update(state=state)
+
+
+def dedup_release_many(*, keys: Iterable[tuple[str, str]]) -> None:
+    """Drop many pending claims so redeliveries can try again."""
+    for kind, group in _by_kind(keys).items():
+        ProcessedMessage.objects.filter(
+            kind=kind, key__in=group, state=ProcessedMessage.State.PENDING
+        ).delete()
 
 
 def dedup_finish(*, kind: str, key: str, dead: bool = False) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from celery.canvas import Signature
 from django.db import DatabaseError, connection
@@ -94,6 +95,7 @@ def enqueue(
     correlation_id: str,
     retry_seconds: float,
     stop: threading.Event,
+    producer: Any = None,
 ) -> str:
     """Send ``signature`` to the broker and return the task id once accepted.
 
@@ -106,7 +108,7 @@ def enqueue(
     while True:
         try:
             result = signature.apply_async(
-                headers=headers_for(correlation_id), retry=False
+                headers=headers_for(correlation_id), retry=False, producer=producer
             )
             return result.id
         except (BrokerError, OSError) as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +15,11 @@ from django.conf import settings
 from vocoeng import pubsub
 
 from . import metrics
-from .handling import Delivery, Outcome, message_handle
+from .batching import Result, batch_handle
+from .handling import Delivery, Outcome
+
+# Threads running the client's callbacks: they only hand messages over.
+CALLBACK_THREADS = 4
 
 logger = logging.getLogger("webhooks.bridge")
 
@@ -27,8 +33,27 @@ def subscription_kinds() -> dict[str, str]:
     }
 
 
+class _Item:
+    """Hold one delivered message until its batch is handled."""
+
+    __slots__ = ("delivery", "message")
+
+    def __init__(self, delivery: Delivery, message: Any) -> None:
+        self.delivery = delivery
+        self.message = message
+
+
 class Bridge:
-    """Pull ``subscriptions`` at once; each message is acked only once handled."""
+    """Pull ``subscriptions`` at once; each message is acked only once handled.
+
+    The client's callbacks only hand each message to a queue; ``batch_workers``
+    threads take up to ``batch_size`` messages at a time (waiting at most
+    ``linger_seconds`` for a batch to fill), handle them together (see
+    :mod:`batching`) and ack or nack each. A stop first nacks what arrives
+    from then on, waits until every message taken is acked or nacked, and
+    only then closes the streams, so the acks of the enqueues in flight are
+    sent before the streams go.
+    """
 
     def __init__(
         self,
@@ -36,9 +61,24 @@ class Bridge:
         subscriptions: Iterable[str],
         max_in_flight: int,
         retry_seconds: float | None = None,
+        batch_size: int = 200,
+        batch_workers: int = 2,
+        linger_seconds: float = 0.005,
     ) -> None:
         self.subscriptions = list(subscriptions)
         self.max_in_flight = max_in_flight
+        self.batch_size = max(batch_size, 1)
+        self.batch_workers = max(batch_workers, 1)
+        self.linger_seconds = linger_seconds
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._closed = threading.Event()
+        # messages taken and not yet acked or nacked, guarded by _lock
+        self._lock = threading.Condition()
+        self._taken = 0
+        self._delayed: queue.SimpleQueue[tuple[float, _Item] | None] = (
+            queue.SimpleQueue()
+        )
         self.retry_seconds = (
             settings.PUBSUB_BRIDGE_BROKER_RETRY_SECONDS
             if retry_seconds is None
@@ -67,38 +107,126 @@ class Bridge:
                 default_kind=default_kind,
             )
             metrics.MESSAGES.labels(subscription, "received").inc()
-            try:
-                outcome = message_handle(
-                    delivery, retry_seconds=self.retry_seconds, stop=self.stopping
-                )
-            except Exception:
-                logger.exception(
-                    "bridge_message event=nacked message_id=%s", message.message_id
-                )
-                outcome = Outcome.RETRY
-            if outcome is Outcome.RETRY:
-                message.nack()
-                metrics.MESSAGES.labels(subscription, "nacked").inc()
-            else:
-                message.ack()
-                metrics.MESSAGES.labels(subscription, outcome.value).inc()
+            with self._lock:
+                if self.stopping.is_set():
+                    message.nack()  # for the next bridge
+                    metrics.MESSAGES.labels(subscription, "nacked").inc()
+                    return
+                self._taken += 1
+            self._queue.put(_Item(delivery, message))
 
         return on_message
 
+    def _take_batch(self) -> list[_Item] | None:
+        """Return the next batch, or None once closed and drained."""
+        while True:
+            try:
+                first = self._queue.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self._closed.is_set():
+                    return None
+        batch = [first]
+        deadline = time.monotonic() + self.linger_seconds
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _settle(self, item: _Item, result: Result) -> None:
+        """Ack or nack ``item``; nacks after a pause go to the delayed queue."""
+        outcome, pause = result
+        subscription = item.delivery.subscription
+        if outcome is Outcome.RETRY:
+            if pause and not self.stopping.is_set():
+                # Each nack is a delivery attempt (5 before Pub/Sub
+                # dead-letters it): pace them while the cause lasts.
+                self._delayed.put((time.monotonic() + pause, item))
+                return
+            item.message.nack()
+            metrics.MESSAGES.labels(subscription, "nacked").inc()
+        else:
+            item.message.ack()
+            metrics.MESSAGES.labels(subscription, outcome.value).inc()
+        self._release(1)
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._taken -= n
+            if self._taken == 0:
+                self._lock.notify_all()
+
+    def _nack_later(self) -> None:
+        while (entry := self._delayed.get()) is not None:
+            due, item = entry
+            self.stopping.wait(max(due - time.monotonic(), 0))
+            item.message.nack()
+            metrics.MESSAGES.labels(item.delivery.subscription, "nacked").inc()
+            self._release(1)
+
+    def _work(self) -> None:
+        from django.db import connection
+
+        while (batch := self._take_batch()) is not None:
+            started = time.monotonic()
+            try:
+                results = batch_handle(
+                    [item.delivery for item in batch],
+                    retry_seconds=self.retry_seconds,
+                    stop=self.stopping,
+                )
+            except Exception:
+                logger.exception("bridge_batch_failed size=%s: all nacked", len(batch))
+                results = [(Outcome.RETRY, 0.0)] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                self._settle(item, result)
+            logger.debug(
+                "bridge_batch size=%s seconds=%.4f queued=%s",
+                len(batch),
+                time.monotonic() - started,
+                self._queue.qsize(),
+            )
+        connection.close()
+
     def start(self) -> None:
-        """Open one streaming pull per subscription."""
+        """Start the batch workers, then open one streaming pull per subscription."""
+        for n in range(self.batch_workers):
+            worker = threading.Thread(
+                target=self._work, name=f"bridge-batch-{n}", daemon=True
+            )
+            worker.start()
+            self._workers.append(worker)
+        nacker = threading.Thread(
+            target=self._nack_later, name="bridge-nack-later", daemon=True
+        )
+        nacker.start()
+        self._workers.append(nacker)
         for name in self.subscriptions:
             self._streams.append(
                 pubsub.subscribe(
                     subscription=name,
                     callback=self._callback(name),
                     max_messages=self.max_in_flight,
+                    max_workers=CALLBACK_THREADS,
                 )
             )
         logger.info(
-            "bridge_started subscriptions=%s max_in_flight=%s project=%s",
+            "bridge_started subscriptions=%s max_in_flight=%s batch_size=%s "
+            "batch_workers=%s project=%s",
             ",".join(self.subscriptions),
             self.max_in_flight,
+            self.batch_size,
+            self.batch_workers,
             settings.PUBSUB_PROJECT_ID,
         )
 
@@ -127,9 +255,16 @@ class Bridge:
                     break
         return failure
 
-    def stop(self) -> None:
-        """Stop pulling, nack what was not handed out, finish callbacks running."""
-        self.stopping.set()
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop taking messages, settle those taken, then close the streams."""
+        with self._lock:
+            self.stopping.set()  # callbacks nack from here on
+            # the enqueues in flight finish; their acks go out on open streams
+            self._lock.wait_for(lambda: self._taken <= 0, timeout=timeout)
         for stream in self._streams:
-            stream.stop()
+            stream.stop()  # nacks what the client still held back
+        self._closed.set()
+        self._delayed.put(None)
+        for worker in self._workers:
+            worker.join(timeout=timeout)
         logger.info("bridge_stopped")

@@ -8,6 +8,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
+
+from celery.canvas import Signature
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,3 +78,20 @@ class BridgeProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(10)
+
+
+def noop_route(*, data: Any, attributes: dict[str, str]) -> Signature:
+    """Return a no-op task for the message, for measuring the bridge alone.
+
+    Benches point ``BUS_ROUTES`` at it; nothing is stored and no worker needs
+    to know the task (the signature is only queued).
+    """
+    from vocoeng.celery import app
+
+    message_id = data.get("message_id") if isinstance(data, dict) else None
+    return app.signature("bench.noop", args=(message_id,), queue="ai")
+
+
+noop_route.batch = lambda *, items: [  # type: ignore[attr-defined]
+    noop_route(data=data, attributes=attributes) for data, attributes in items
+]

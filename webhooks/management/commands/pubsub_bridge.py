@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from vocoeng import pubsub
@@ -35,6 +36,20 @@ class Command(BaseCommand):
             help="messages outstanding per subscription (flow control)",
         )
         parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=200,
+            help="handle up to this many messages together (one dedup INSERT, "
+            "one route transaction, one broker connection); 1 = one by one",
+        )
+        parser.add_argument(
+            "--batch-workers",
+            type=int,
+            default=2,
+            help="threads handling batches concurrently (each holds one database "
+            "connection: keep DB_POOL_MAX_SIZE at least this)",
+        )
+        parser.add_argument(
             "--broker-retry-seconds",
             type=float,
             default=None,
@@ -51,11 +66,25 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["max_in_flight"] < 1:
             raise CommandError("--max-in-flight must be at least 1")
+        if options["batch_size"] < 1 or options["batch_workers"] < 1:
+            raise CommandError("--batch-size and --batch-workers must be at least 1")
+        pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+        if (
+            isinstance(pool, dict)
+            and pool.get("max_size", 1) < options["batch_workers"]
+        ):
+            self.stderr.write(
+                f"warning: DB_POOL_MAX_SIZE {pool['max_size']} is below "
+                f"--batch-workers {options['batch_workers']}: workers will wait "
+                "for database connections"
+            )
         subscriptions = options["subscriptions"] or list(subscription_kinds())
         bridge = Bridge(
             subscriptions=subscriptions,
             max_in_flight=options["max_in_flight"],
             retry_seconds=options["broker_retry_seconds"],
+            batch_size=options["batch_size"],
+            batch_workers=options["batch_workers"],
         )
         try:
             bridge.check()

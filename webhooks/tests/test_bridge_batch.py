@@ -1,0 +1,154 @@
+"""The bridge's micro-batches: same decisions per message as one by one."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from conversations.models import Conversation, Message
+from vocoeng.models import DeadLetter, ProcessedMessage
+from webhooks.bridge.batching import batch_handle
+from webhooks.bridge.handling import Delivery, Outcome
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True)
+def no_dead_letter_topic(monkeypatch):
+    """Record dead letters in the database only (no emulator in these tests)."""
+    monkeypatch.setattr(
+        "webhooks.bridge.handling.dead_letter_publish", lambda *, letter: None
+    )
+
+
+def delivery(
+    n: int, *, body: object = None, key: str | None = None, **attrs: str
+) -> Delivery:
+    data = (
+        body
+        if isinstance(body, bytes)
+        else json.dumps(
+            body
+            if body is not None
+            else {
+                "source": "api",
+                "user_id": f"user-{n % 3}",
+                "message": f"hello {n}",
+                "message_id": f"ext-{n}",
+            }
+        ).encode()
+    )
+    attributes = {"kind": "chat_message", **attrs}
+    if key:
+        attributes["idempotency_key"] = key
+    return Delivery(
+        subscription="bridge-test",
+        message_id=f"pm-{n}",
+        data=data,
+        attributes=attributes,
+        delivery_attempt=1,
+    )
+
+
+def handle(deliveries: list[Delivery]) -> list[Outcome]:
+    results = batch_handle(deliveries, retry_seconds=1, stop=threading.Event())
+    return [outcome for outcome, _pause in results]
+
+
+def test_batch_stores_each_message_once_and_counts_conversations(queued):
+    outcomes = handle([delivery(n) for n in range(7)])
+
+    assert outcomes == [Outcome.ENQUEUED] * 7
+    assert queued() == 7
+    assert Message.objects.count() == 7
+    by_user = {
+        c.external_user_id: (c.message_count, c.last_message)
+        for c in Conversation.objects.all()
+    }
+    # user-0 got messages 0, 3, 6; user-1 got 1, 4; user-2 got 2, 5
+    assert by_user == {
+        "user-0": (3, "hello 6"),
+        "user-1": (2, "hello 4"),
+        "user-2": (2, "hello 5"),
+    }
+    assert set(ProcessedMessage.objects.values_list("state", flat=True)) == {"done"}
+
+    # The same deliveries again (a redelivery): duplicates, nothing new.
+    assert handle([delivery(n) for n in range(7)]) == [Outcome.DUPLICATE] * 7
+    assert queued() == 7
+    assert Conversation.objects.get(external_user_id="user-0").message_count == 3
+
+
+def test_poison_messages_in_a_batch_do_not_fail_the_others(queued):
+    batch = [
+        delivery(1),
+        delivery(2, body=b"{not json"),
+        delivery(3, body={"source": "api", "user_id": "u"}),  # no message text
+        delivery(4, tenant="no-such-tenant"),
+        delivery(5),
+    ]
+
+    outcomes = handle(batch)
+
+    assert outcomes == [
+        Outcome.ENQUEUED,
+        Outcome.DEAD_LETTERED,
+        Outcome.DEAD_LETTERED,
+        Outcome.DEAD_LETTERED,
+        Outcome.ENQUEUED,
+    ]
+    assert queued() == 2
+    reasons = dict(DeadLetter.objects.values_list("message_id", "reason"))
+    assert "not JSON" in reasons["pm-2"]
+    assert "message" in reasons["pm-3"]
+    assert "unknown tenant" in reasons["pm-4"]
+    assert set(Message.objects.values_list("external_id", flat=True)) == {
+        "ext-1",
+        "ext-5",
+    }
+
+
+def test_a_key_twice_in_one_batch_enqueues_one_chain(queued):
+    outcomes = handle([delivery(1, key="same"), delivery(2, key="same"), delivery(3)])
+
+    assert outcomes == [Outcome.ENQUEUED, Outcome.DUPLICATE, Outcome.ENQUEUED]
+    assert queued() == 2
+
+
+def test_a_failing_batch_route_falls_back_to_one_by_one(queued, monkeypatch):
+    from conversations import routes
+
+    def broken(*, items):
+        raise RuntimeError("batch variant bug")
+
+    monkeypatch.setattr(routes.chat_message, "batch", broken)
+
+    outcomes = handle([delivery(1), delivery(2, body=b"[]"), delivery(3)])
+
+    assert outcomes == [Outcome.ENQUEUED, Outcome.DEAD_LETTERED, Outcome.ENQUEUED]
+    assert queued() == 2
+    assert Message.objects.count() == 2
+
+
+def test_broker_down_nacks_the_batch_and_releases_its_claims(queued, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from vocoeng.celery import app
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("broker is down")
+
+    monkeypatch.setattr(app, "producer_or_acquire", refuse)
+
+    outcomes = handle([delivery(1), delivery(2)])
+
+    assert outcomes == [Outcome.RETRY, Outcome.RETRY]
+    assert not ProcessedMessage.objects.exists()  # a redelivery can claim again
+    monkeypatch.undo()
+    monkeypatch.setattr(
+        "webhooks.bridge.handling.dead_letter_publish", lambda *, letter: None
+    )
+    assert handle([delivery(1), delivery(2)]) == [Outcome.ENQUEUED] * 2
+    assert queued() == 2
