@@ -1,13 +1,18 @@
 """Measure the WhatsApp webhook under gunicorn against a bare WSGI app.
 
-Starts gunicorn with the Procfile's ``web`` line on a fresh var
-dir and database (migrated first), sends N signed webhook POSTs (unique
-wamids) from C keep-alive client threads, then the same load against
-``bench/bare_wsgi.py`` under the same gunicorn config. Prints requests/s and
-p99 of both and their ratio (target >= 0.5), and checks that every message was
-stored once and handed to the bus once (one reply chain in the broker's `ai`
-queue per message; no worker runs). Embedded defaults unless DATABASE_URL /
-CELERY_BROKER_URL are set.
+Starts gunicorn with the Procfile's ``web`` line on a fresh var dir and
+database (migrated first), sends N signed webhook POSTs (unique wamids) from C
+keep-alive client threads (pre-built requests on raw sockets, so the generator
+stays cheap: it shares the cores), then the same load against
+``bench/django_noop.py`` (Django's full stack, a view that only returns 200:
+the framework's floor) and ``bench/bare_wsgi.py`` under the same gunicorn
+config. Prints requests/s, p50/p99 and CPU per request (server process tree,
+generator) of each and the ratios (target webhook/bare >= 0.5), and checks
+that every message was stored once and handed to the bus once (one reply chain
+in the broker's `ai` queue per message; no worker runs). Embedded defaults
+unless DATABASE_URL / CELERY_BROKER_URL are set; WEB_CONCURRENCY changes the
+workers as in production. Other processes on the machine skew req/s: the load
+average is printed, and CPU per request is the steadier figure.
 
     make bench-webhooks          # or: python bench/webhooks.py --requests 5000
 """
@@ -71,6 +76,23 @@ def gunicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"gunicorn {app} did not start")
+
+
+def tree_cpu(pid: int) -> float:
+    """Return the CPU seconds used so far by ``pid`` and its children (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+        except (OSError, IndexError):
+            continue
+        pending.extend(int(c) for c in children.split())
+    return total
 
 
 def _request(raw: bytes, sig: str) -> bytes:
@@ -226,13 +248,24 @@ def main() -> int:
 
     load_before = os.getloadavg()
     results = {}
-    for name, wsgi in (("webhook", "vocoeng.wsgi"), ("bare", "bench.bare_wsgi:app")):
+    targets = (
+        ("webhook", "vocoeng.wsgi"),
+        ("django", "bench.django_noop:app"),
+        ("bare", "bench.bare_wsgi:app"),
+    )
+    for name, wsgi in targets:
         port = free_port()
         proc = gunicorn(wsgi, port, env)
         try:
             load(port, bodies[:50], 4)  # warm up (imports, connections)
-            results[name] = load(
-                port, bodies[50:] if name == "webhook" else bodies, args.concurrency
+            server_cpu, client_cpu = tree_cpu(proc.pid), time.process_time()
+            sent_now = bodies[50:] if name == "webhook" else bodies
+            results[name] = load(port, sent_now, args.concurrency)
+            results[name]["server_cpu_ms"] = (
+                (tree_cpu(proc.pid) - server_cpu) * 1000 / len(sent_now)
+            )
+            results[name]["client_cpu_ms"] = (
+                (time.process_time() - client_cpu) * 1000 / len(sent_now)
             )
         finally:
             proc.terminate()
@@ -257,14 +290,21 @@ def main() -> int:
             *load_before, *os.getloadavg()
         )
     )
-    print(f"{'target':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
-    for name in ("webhook", "bare"):
+    print(
+        f"{'target':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server CPU ms/req':>19}{'client CPU ms/req':>19}  statuses"
+    )
+    for name, _ in targets:
         r = results[name]
         print(
-            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.1f}"
-            f"{r['p99_ms']:>10.1f}  {r['statuses']}"
+            f"{name:<10}{r['rps']:>8.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{r['server_cpu_ms']:>19.2f}{r['client_cpu_ms']:>19.2f}  {r['statuses']}"
         )
     print(f"ratio webhook/bare req/s: {ratio:.2f} (target >= 0.5)")
+    print(
+        f"ratio django-noop/bare req/s: {results['django']['rps'] / bare['rps']:.2f}"
+        f"  webhook/django-noop: {web['rps'] / results['django']['rps']:.2f}"
+    )
     print(
         f"messages sent={len(sent)} stored={stored_count} received={received} "
         f"chains in broker={chains}"

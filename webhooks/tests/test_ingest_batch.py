@@ -1,0 +1,81 @@
+"""The batched ingest path: one transaction per delivery, bulk statements."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError
+
+from conversations.models import Conversation, Message
+from webhooks.models import WebhookDelivery
+from webhooks.tests import payloads as p
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def test_failed_transaction_keeps_the_delivery_as_failed_and_stores_nothing(
+    post_whatsapp, monkeypatch, queued
+) -> None:
+    from webhooks import inbound
+
+    def broken(*args, **kwargs):
+        raise OperationalError("database went away")
+
+    body = p.notification([p.text("15551239001", "hello")])
+    monkeypatch.setattr(inbound, "_insert", broken)
+    response = post_whatsapp(body)
+    assert response.status_code == 503
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.verdict == "failed"
+    assert "database went away" in delivery.error
+    assert '"hello"' in delivery.body  # kept for the replay
+    assert Message.objects.count() == 0
+    assert Conversation.objects.count() == 0
+    assert queued() == 0
+    # Meta's retry goes through once the database is back.
+    monkeypatch.undo()
+    assert post_whatsapp(body).status_code == 200
+    assert Message.objects.get().content == "hello"
+    assert queued() == 1
+
+
+def test_one_delivery_several_messages_of_one_sender_respects_the_limit(
+    post_whatsapp, queued, settings
+) -> None:
+    settings.AI_USER_RATE_LIMIT = "2/min"
+    user = "15551239002"
+    body = p.notification([p.text(user, f"msg {i}") for i in range(3)])
+    response = post_whatsapp(body)
+    assert response.status_code == 200
+    assert response.json()["messages"] == {"queued": 2, "rate_limited": 1}
+    statuses = sorted(Message.objects.values_list("content", "status"))
+    assert statuses == [
+        ("msg 0", "received"),
+        ("msg 1", "received"),
+        ("msg 2", "rate_limited"),
+    ]
+    assert queued() == 2
+    conversation = Conversation.objects.get()
+    assert conversation.message_count == 3
+    assert conversation.last_message == "msg 2"
+
+
+def test_same_wamid_twice_in_one_delivery_is_stored_and_queued_once(
+    post_whatsapp, queued
+) -> None:
+    wamid = p.wamid()
+    body = p.notification(
+        [
+            p.text("15551239003", "first", id=wamid),
+            p.text("15551239003", "first again", id=wamid),
+            p.text("15551239004", "other sender"),
+        ]
+    )
+    response = post_whatsapp(body)
+    assert response.status_code == 200
+    assert response.json()["messages"] == {"queued": 2, "duplicate": 1}
+    assert Message.objects.get(external_id=wamid).content == "first"
+    assert Message.objects.count() == 2
+    assert Conversation.objects.count() == 2
+    assert queued() == 2
+    assert post_whatsapp(body).json()["messages"] == {"duplicate": 3}
+    assert queued() == 2
