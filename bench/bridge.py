@@ -122,7 +122,7 @@ def publish(topic: str, n: int) -> float:
     return n / elapsed
 
 
-def bare(subscription: str, n: int, max_in_flight: int) -> float:
+def bare(subscription: str, n: int, max_in_flight: int) -> tuple[float, float]:
     from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
@@ -140,6 +140,7 @@ def bare(subscription: str, n: int, max_in_flight: int) -> float:
             if len(seen) >= n:
                 done.set()
 
+    cpu_start = time.process_time()
     future = subscriber.subscribe(
         subscription,
         callback,
@@ -148,10 +149,11 @@ def bare(subscription: str, n: int, max_in_flight: int) -> float:
     if not done.wait(600):
         raise RuntimeError(f"bare subscriber got {len(seen)}/{n}")
     elapsed = time.monotonic() - first[0]
+    cpu = time.process_time() - cpu_start
     future.cancel()
     future.result(timeout=30)
     subscriber.close()
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
 def queue_key(prefix: str) -> str:
@@ -174,11 +176,7 @@ def bridge(
     """
     # BENCH_BRIDGE_LOG=/tmp/x keeps the bridge's output in /tmp/x.<subscription>
     log_path = os.environ.get("BENCH_BRIDGE_LOG")
-    log = (
-        open(f"{log_path}.{subscription}", "w")
-        if log_path
-        else subprocess.DEVNULL
-    )
+    log = open(f"{log_path}.{subscription}", "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         [
             *(sys.executable, "manage.py", "pubsub_bridge"),
@@ -297,7 +295,7 @@ def main() -> None:
         )
         print(f"database {db_desc}; broker {broker_desc}; emulator {address}")
         published = publish(topic, n)
-        a = bare(bare_sub, n, args.max_in_flight)
+        a, a_cpu = bare(bare_sub, n, args.max_in_flight)
         b, b_cpu = bridge(
             env, r, queue_key(prefix), n, "vocoeng-messages-bridge", extra
         )
@@ -324,6 +322,7 @@ def main() -> None:
         rows = [
             ("publish (real client)", f"{published:,.0f} msg/s"),
             ("(a) bare subscriber, ack only", f"{a:,.0f} msg/s"),
+            ("bare subscriber CPU per message", f"{a_cpu:,.0f} µs"),
             ("(b) bridge → chat route → Redis", f"{b:,.0f} msg/s"),
             ("(c) b/a (target >= 0.6)", f"{b / a:.2f}"),
             ("bridge CPU per message, chat route", f"{b_cpu:,.0f} µs"),
