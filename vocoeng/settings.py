@@ -101,6 +101,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
     if DB_POOL_MAX_SIZE > 0:
         DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool replaces persistence
+        # With a pool, health checks ping the server on every checkout (a round
+        # trip per request or task); the pool already drops broken connections
+        # when they are returned. CONN_HEALTH_CHECKS=1 turns the ping back on.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool(
+            "CONN_HEALTH_CHECKS", default=False
+        )
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
             "max_size": DB_POOL_MAX_SIZE,
