@@ -255,6 +255,7 @@ def main() -> None:
                         "15",
                         "-r",
                         "200",
+                        "--gil",
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

@@ -225,6 +225,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": env.float("CELERY_POLLING_INTERVAL", default=0.1),
     }
 else:
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport, reusing its Redis client (vocoeng/kombu_redis.py).
+        # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport
+        CELERY_BROKER_TRANSPORT = "vocoeng.kombu_redis:Transport"
     # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
