@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import ensure_database  # noqa: E402
 
 
 def free_port() -> int:
@@ -64,22 +67,6 @@ def start_worker(env: dict[str, str], args: list[str], log: Path) -> subprocess.
             raise RuntimeError("worker failed to start:\n" + log.read_text()[-3000:])
         time.sleep(0.1)
     return proc
-
-
-def ensure_database(url: str) -> None:
-    """Create the PostgreSQL database named in ``url`` when it is missing."""
-    if not url.startswith(("postgres://", "postgresql://")):
-        return
-    import psycopg
-    from psycopg import sql
-
-    base, _, name = url.rpartition("/")
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
-        ).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def cpu_seconds(pid: int) -> float:

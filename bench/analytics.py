@@ -295,15 +295,20 @@ def bench_summary(n: int, runs: int) -> list[tuple[str, str]]:
     assert r1 == expected and r2 == expected, "summary changed without indexes"
     in_window = sum(t["count"] for t in expected["by_type"].values())
     ratio = bare / indexed
-    return [
+    rows = [
         ("summary rows", f"{total:,} (generated in {generated:.1f} s), 20 tenants"),
         ("tenant rows in 7 days", f"{in_window:,}"),
         ("summary with indexes", f"{indexed * 1000:.1f} ms (median of {runs})"),
-        ("without composite idx", f"{fk * 1000:.1f} ms (FK index on tenant kept)"),
-        ("without any index", f"{bare * 1000:.1f} ms"),
-        ("speed-up (no index)", f"{ratio:.1f}x  (target >= 10x: {_ok(ratio >= 10)})"),
-        ("speed-up (FK index)", f"{fk / indexed:.1f}x"),
     ]
+    if fk_only:
+        rows.append(
+            ("without composite idx", f"{fk * 1000:.1f} ms (single-column kept)")
+        )
+    rows += [
+        ("without the indexes", f"{bare * 1000:.1f} ms ({', '.join(indexes)})"),
+        ("speed-up", f"{ratio:.1f}x  (target >= 10x: {_ok(ratio >= 10)})"),
+    ]
+    return rows
 
 
 def relax_durability() -> None:

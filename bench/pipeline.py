@@ -28,6 +28,9 @@ from pathlib import Path
 from celery import shared_task
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import ensure_database  # noqa: E402
 
 
 @shared_task(name="bench.noop", acks_late=True)
@@ -145,6 +148,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     _setup_env()
+    ensure_database(os.environ.get("DATABASE_URL", ""))
 
     import django
 
