@@ -128,33 +128,43 @@ def _mark_run_running(run: Run) -> None:
         logger.info("job_started run=%s attempt=%s", run.pk, run.attempts)
 
 
-def _dependency_state(run: Run, name: str) -> str:
-    """Return ``ready``, ``wait`` or ``blocked`` for the steps ``name`` needs."""
+def _dependency_state(run: Run, name: str) -> tuple[str, Any]:
+    """Return ``ready``, ``wait`` or ``blocked`` for the steps ``name`` needs.
+
+    For a review, also return the brief (the expand step's output) it reads,
+    so the step does not fetch it a second time.
+    """
     if name == EXPAND:
-        return "ready"
+        return "ready", None
     steps = StepProgress.objects.filter(run=run)
     if name.startswith(REVIEW_PREFIX):
-        expand = steps.get(name=EXPAND)
-        if expand.status == StepProgress.Status.SUCCEEDED:
-            return "ready"
-        return "blocked" if expand.status in StepProgress.FINISHED else "wait"
+        status, output = steps.values_list("status", "output").get(name=EXPAND)
+        if status == StepProgress.Status.SUCCEEDED:
+            return "ready", output
+        return ("blocked" if status in StepProgress.FINISHED else "wait"), None
     unfinished = steps.filter(name__startswith=REVIEW_PREFIX).exclude(
         status__in=StepProgress.FINISHED
     )
-    return "wait" if unfinished.exists() else "ready"
+    return ("wait" if unfinished.exists() else "ready"), None
 
 
 def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
     """Run step ``name`` of run ``run_id`` once, unless it is done or held."""
     from . import services  # run-level writes; services imports this module
 
-    run = Run.objects.filter(pk=run_id).first()
+    # One query for the step and its run; the run alone only when the step
+    # is missing, to tell the two cases apart.
+    step = (
+        StepProgress.objects.select_related("run")
+        .filter(run_id=run_id, name=name)
+        .first()
+    )
+    run = step.run if step is not None else Run.objects.filter(pk=run_id).first()
     if run is None:
         logger.warning(
             "idempotent_skip run=%s step=%s reason=no-such-run", run_id, name
         )
         return Outcome("done", status="skipped", error="no such run")
-    step = StepProgress.objects.filter(run=run, name=name).first()
     if step is None:
         logger.warning(
             "idempotent_skip run=%s step=%s reason=no-such-step", run_id, name
@@ -170,7 +180,7 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
             "idempotent_skip run=%s step=%s run_status=%s", run.pk, name, run.status
         )
         return Outcome("done", status="skipped", error=f"run is {run.status}")
-    dependency = _dependency_state(run, name)
+    dependency, brief = _dependency_state(run, name)
     if dependency == "wait":
         return Outcome("wait")
     if dependency == "blocked":
@@ -194,7 +204,7 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
             return services.run_aggregate(
                 run=run, step=step, attempt=attempt, deadline=deadline
             )
-        output, provider, model = _compute(run, step, deadline)
+        output, provider, model = _compute(run, step, deadline, brief)
     except (StepError, SoftTimeLimitExceeded) as exc:
         return _failed(run, step, attempt, exc, failures)
     if not _finish(
@@ -214,14 +224,15 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
 
 
 def _compute(
-    run: Run, step: StepProgress, deadline: float
+    run: Run, step: StepProgress, deadline: float, brief: Any = None
 ) -> tuple[dict[str, Any], str, str]:
     ref = f"run:{run.pk}:{step.name}"
     if step.name == EXPAND:
         prompt = prompts.expand_prompt(idea=run.input["idea"])
         schema = prompts.EXPAND_SCHEMA
     else:
-        brief = StepProgress.objects.get(run=run, name=EXPAND).output
+        if brief is None:
+            brief = StepProgress.objects.get(run=run, name=EXPAND).output
         persona = step.name.removeprefix(REVIEW_PREFIX)
         prompt = prompts.review_prompt(persona=persona, brief=brief)
         schema = prompts.REVIEW_SCHEMA
