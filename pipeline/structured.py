@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import jsonschema
-from django.db import connections
 from django.db.models import F
 
 from conversations import providers
@@ -129,55 +126,26 @@ def _call_with_deadline(
     on_attempt: Callable[[Attempt], None],
     deadline: float,
 ) -> Completion:
-    """Run providers.generate in a helper thread and wait until ``deadline``.
+    """Call the model, giving up at ``deadline`` (a ``time.monotonic()`` value).
 
     Celery's soft/hard time limits only work in the prefork pool; the ``ai``
     worker runs a thread pool, where nothing can interrupt a blocked call. So
-    the step waits for the call at most until its own deadline and gives up;
-    the abandoned call ends at the provider's own timeout (AI_TIMEOUT_SECONDS).
-    Attempts are recorded by the waiting thread; those that end after it gave
-    up are recorded by the helper thread itself.
+    the deadline goes to the providers, which cut each attempt's HTTP timeout
+    to the time left and start no attempt after it.
     """
-    box: dict[str, Any] = {}
-    done = threading.Event()
-    lock = threading.Lock()
-    queued: list[Attempt] = []
-    abandoned = False
-
-    def collect(attempt: Attempt) -> None:
-        with lock:
-            if not abandoned:
-                queued.append(attempt)
-                return
-        on_attempt(attempt)
-
-    def target() -> None:
-        try:
-            box["value"] = providers.generate(
-                system=prompts.SYSTEM, messages=turns, on_attempt=collect
-            )
-        except BaseException as exc:  # handed to the waiting thread
-            box["error"] = exc
-        finally:
-            done.set()
-            if abandoned:
-                connections.close_all()  # this thread's own connections only
-
-    threading.Thread(target=target, name="pipeline-ai-call", daemon=True).start()
-    finished = done.wait(max(0.0, deadline - time.monotonic()))
-    with lock:
-        abandoned = not finished
-        drained, queued[:] = list(queued), []
-    for attempt in drained:
-        on_attempt(attempt)
-    if not finished:
-        raise StepError("step time limit exceeded (WORKER_STEP_TIMEOUT_SECONDS)")
-    if "error" in box:
-        error = box["error"]
-        if isinstance(error, AIUnavailable):
-            raise StepError(str(error), retryable=error.transient) from error
-        raise error
-    return box["value"]
+    try:
+        return providers.generate(
+            system=prompts.SYSTEM,
+            messages=turns,
+            on_attempt=on_attempt,
+            deadline=deadline,
+        )
+    except AIUnavailable as error:
+        if error.deadline_exceeded:
+            raise StepError(
+                "step time limit exceeded (WORKER_STEP_TIMEOUT_SECONDS)"
+            ) from error
+        raise StepError(str(error), retryable=error.transient) from error
 
 
 def generate_json(

@@ -181,10 +181,14 @@ def generate(
     temperature: float | None = None,
     on_attempt: Callable[[Attempt], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
 ) -> Completion:
     """Return a completion from the first provider that answers.
 
-    Raises AIUnavailable when every provider failed; ``transient`` on it says
+    ``deadline`` (a ``time.monotonic()`` value) bounds the whole call: each
+    attempt's timeout is cut to the time left, and no attempt or backoff
+    starts after it. Raises AIUnavailable when every provider failed (with
+    ``deadline_exceeded`` set when time ran out); ``transient`` on it says
     whether trying again later may help.
     """
     attempts: list[Attempt] = []
@@ -195,6 +199,17 @@ def generate(
         model = (models or {}).get(name)
         for n in range(1, settings.AI_MAX_RETRIES + 2):
             started = time.monotonic()
+            extra: dict[str, float] = {}
+            if deadline is not None:
+                left = deadline - started
+                if left <= 0:
+                    raise AIUnavailable(
+                        f"deadline exceeded; last error: {last_error}",
+                        attempts=attempts,
+                        transient=False,
+                        deadline_exceeded=True,
+                    )
+                extra["timeout"] = min(settings.AI_TIMEOUT_SECONDS, left)
             try:
                 provider = get_provider(name, model)
                 raw: RawCompletion = provider.complete(
@@ -202,6 +217,7 @@ def generate(
                     messages=messages,
                     max_tokens=max_tokens,
                     temperature=temperature,
+                    **extra,
                 )
             except ProviderError as exc:
                 latency = int((time.monotonic() - started) * 1000)
@@ -233,7 +249,10 @@ def generate(
                     and exc.retry_after > settings.AI_RETRY_MAX_BACKOFF_SECONDS
                 ):
                     break  # told to wait longer than we will: fall back instead
-                sleep(backoff_delay(n, exc.retry_after))
+                delay = backoff_delay(n, exc.retry_after)
+                if deadline is not None:
+                    delay = min(delay, max(0.0, deadline - time.monotonic()))
+                sleep(delay)
                 continue
             latency = int((time.monotonic() - started) * 1000)
             cost = price(raw.model, raw.prompt_tokens, raw.completion_tokens)

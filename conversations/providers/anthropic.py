@@ -29,6 +29,7 @@ class AnthropicProvider:
         messages: list[ChatTurn],
         max_tokens: int,
         temperature: float,
+        timeout: float | None = None,
         **extra: Any,
     ) -> RawCompletion:
         body: dict[str, Any] = {
@@ -42,7 +43,12 @@ class AnthropicProvider:
         # longer takes it. The low-level post() keeps the SDK's auth, timeouts
         # and errors without its typed transform (see the OpenAI provider).
         try:
-            data = self.client.post("/v1/messages", body=body, cast_to=object)
+            data = self.client.post(
+                "/v1/messages",
+                body=body,
+                cast_to=object,
+                options={"timeout": timeout} if timeout else {},
+            )
         except anthropic.APITimeoutError as exc:
             raise ProviderError(f"anthropic: timeout: {exc}", transient=True) from exc
         except anthropic.APIConnectionError as exc:

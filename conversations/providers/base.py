@@ -84,10 +84,18 @@ class ProviderError(Exception):
 class AIUnavailable(Exception):
     """Every provider in the order failed; carries the attempts made."""
 
-    def __init__(self, message: str, *, attempts: list[Attempt], transient: bool):
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: list[Attempt],
+        transient: bool,
+        deadline_exceeded: bool = False,
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts
         self.transient = transient
+        self.deadline_exceeded = deadline_exceeded
 
 
 class Provider(Protocol):

@@ -37,6 +37,7 @@ class OpenAIProvider:
         messages: list[ChatTurn],
         max_tokens: int,
         temperature: float,
+        timeout: float | None = None,
         **extra: Any,
     ) -> RawCompletion:
         payload = [{"role": "system", "content": system}] if system else []
@@ -52,7 +53,12 @@ class OpenAIProvider:
             # not its typed request transform and response models, which cost
             # ~8 ms of CPU per call (measured) and cap a 100-thread ai worker
             # far below 100 replies/s on the GIL.
-            data = self.client.post("/chat/completions", body=body, cast_to=object)
+            data = self.client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=object,
+                options={"timeout": timeout} if timeout else {},
+            )
         except openai.APITimeoutError as exc:
             raise ProviderError(f"openai: timeout: {exc}", transient=True) from exc
         except openai.APIConnectionError as exc:

@@ -149,3 +149,20 @@ def test_usage_and_cost_are_stored_with_the_reply(fake_ai, client) -> None:
     ledger = AICall.objects.order_by("id")
     assert [c.status for c in ledger] == ["failed", "succeeded"]
     assert ledger.last().cost == reply.cost
+
+
+def test_a_deadline_cuts_the_call_short_and_starts_no_retry(fake_ai, settings) -> None:
+    import time
+
+    settings.AI_TIMEOUT_SECONDS = 30
+    settings.AI_FALLBACK = []
+    fake_ai.enqueue_fault("hang", seconds=10)
+    deadline = time.monotonic() + 0.5
+    with pytest.raises(AIUnavailable) as info:
+        providers.generate(system="", messages=HELLO, deadline=deadline)
+    assert info.value.deadline_exceeded
+    assert info.value.transient is False
+    # One attempt, cut at the deadline by its HTTP timeout; no second one.
+    assert [a.ok for a in info.value.attempts] == [False]
+    assert "timeout" in info.value.attempts[0].error
+    assert len(fake_ai.calls()) == 1
