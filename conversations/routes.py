@@ -11,12 +11,13 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
+from vocoeng.api import errors_text
 from vocoeng.models import Tenant
 from vocoeng.routing import PermanentMessageError
 from vocoeng.services import tenant_get_default
 
 from .models import Conversation, Message
-from .serializers import InboundMessageSerializer, errors_text
+from .serializers import InboundMessageSerializer
 from .services import message_needs_reply, message_receive
 
 

@@ -34,15 +34,6 @@ class InboundMessageSerializer(serializers.Serializer):
         return value
 
 
-def errors_text(errors: dict) -> str:
-    """Flatten serializer errors into one readable reason."""
-    parts = []
-    for field, msgs in errors.items():
-        text = "; ".join(str(m) for m in msgs) if isinstance(msgs, list) else str(msgs)
-        parts.append(f"{field}: {text}")
-    return ", ".join(parts)
-
-
 class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message

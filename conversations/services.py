@@ -111,11 +111,18 @@ def _claim(message_id: Any) -> bool:
     )
 
 
-def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
-    AICall.objects.create(
+def ai_call_record(
+    *,
+    attempt: Attempt,
+    ref: str,
+    tenant_id: int | None,
+    message: Message | None = None,
+) -> AICall:
+    """Record one model attempt in the usage ledger (chat replies and pipeline)."""
+    return AICall.objects.create(
         tenant_id=tenant_id,
-        message=inbound,
-        ref=f"message:{inbound.id}",
+        message=message,
+        ref=ref,
         provider=attempt.provider,
         model=attempt.model,
         attempt=attempt.attempt,
@@ -128,6 +135,15 @@ def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
         total_tokens=attempt.prompt_tokens + attempt.completion_tokens,
         cost=attempt.cost,
         latency_ms=attempt.latency_ms,
+    )
+
+
+def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
+    ai_call_record(
+        attempt=attempt,
+        ref=f"message:{inbound.id}",
+        tenant_id=tenant_id,
+        message=inbound,
     )
 
 

@@ -13,12 +13,13 @@ from typing import Any
 
 from celery.canvas import Signature
 
+from vocoeng.api import errors_text
 from vocoeng.models import Tenant
 from vocoeng.routing import PermanentMessageError
 from vocoeng.services import tenant_get_default
 
 from .models import Run
-from .serializers import RunCreateSerializer, errors_text
+from .serializers import RunCreateSerializer
 from .services import run_canvas, run_create
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import jsonschema
 from django.db.models import F
 
 from conversations import providers
-from conversations.models import AICall
 from conversations.providers import AIUnavailable, Attempt, ChatTurn, Completion
+from conversations.services import ai_call_record
 
 from . import prompts
 from .models import StepProgress
@@ -74,7 +74,7 @@ def _validator(schema: dict[str, Any]) -> Any:
     """Return a checked validator for ``schema``, built once per schema.
 
     ``jsonschema.validate()`` checks the schema itself on every call (~7 ms,
-    measured), more than the rest of a step's own work; the step schemas are
+    measured), more than the rest of a step's own work; the steps use the
     same few schemas every time, so one validator each serves every call.
     """
     key = json.dumps(schema, sort_keys=True)
@@ -93,22 +93,7 @@ def _recorder(
 
     def record(attempt: Attempt) -> None:
         tokens = attempt.prompt_tokens + attempt.completion_tokens
-        AICall.objects.create(
-            tenant_id=tenant_id,
-            ref=ref,
-            provider=attempt.provider,
-            model=attempt.model,
-            attempt=attempt.attempt,
-            status=AICall.Status.SUCCEEDED if attempt.ok else AICall.Status.FAILED,
-            transient=attempt.transient,
-            http_status=attempt.http_status,
-            error=attempt.error[:2000],
-            prompt_tokens=attempt.prompt_tokens,
-            completion_tokens=attempt.completion_tokens,
-            total_tokens=tokens,
-            cost=attempt.cost,
-            latency_ms=attempt.latency_ms,
-        )
+        ai_call_record(attempt=attempt, ref=ref, tenant_id=tenant_id)
         if tokens or attempt.cost:
             StepProgress.objects.filter(pk=step_id).update(
                 prompt_tokens=F("prompt_tokens") + attempt.prompt_tokens,

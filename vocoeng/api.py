@@ -15,3 +15,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = response.data.get("detail")
         response.data.setdefault("error", str(detail) if detail else "invalid request")
     return response
+
+
+def errors_text(errors: dict[str, Any]) -> str:
+    """Flatten serializer errors into one readable reason."""
+    parts = []
+    for field, msgs in errors.items():
+        text = "; ".join(str(m) for m in msgs) if isinstance(msgs, list) else str(msgs)
+        parts.append(f"{field}: {text}")
+    return ", ".join(parts)
