@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent
+from vocoeng.testing.process import ChildProcess
 
 
 def database_url() -> str:
@@ -45,8 +41,14 @@ def purge_queues() -> None:
                 pass
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """Run ``celery worker`` as a child process, the way users start it."""
+
+    ready_marker = " ready."
+    # The test has checked what it needed by the time it stops the worker, so
+    # a cold shutdown (SIGQUIT) saves the seconds a warm one spends.
+    stop_signal = signal.SIGQUIT
+    stop_timeout = 20.0
 
     def __init__(
         self,
@@ -56,20 +58,18 @@ class WorkerProcess:
         concurrency: int = 8,
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__(env=env)
         self.queues, self.pool, self.concurrency = queues, pool, concurrency
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self._ready = threading.Event()
 
-    def start(self, timeout: float = 60) -> WorkerProcess:
-        env = {
-            **os.environ,
+    def environment(self) -> dict[str, str]:
+        return {
+            **super().environment(),
             "DATABASE_URL": database_url(),
-            "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
-        cmd = [
+
+    def command(self) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "celery",
@@ -89,47 +89,6 @@ class WorkerProcess:
             "--without-mingle",
             "--without-gossip",
         ]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise RuntimeError("celery worker did not start:\n" + self.output())
-        return self
-
-    def _pump(self) -> None:
-        assert self.proc and self.proc.stdout
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if " ready." in line:
-                self._ready.set()
-
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def kill(self) -> None:
-        """Kill the worker with SIGKILL, as the OOM killer would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        """Stop the worker: the test has checked what it needed by now, so a
-        cold shutdown (SIGQUIT) saves the seconds a warm one spends."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGQUIT)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 @pytest.fixture
