@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from vocoeng.api import StrictCharField
+
 from .models import Conversation, Message
 
 SOURCES = ("whatsapp", "aisensy", "api", "telegram")
-
-
-class StrictCharField(serializers.CharField):
-    """Accept JSON strings only: a number where text belongs is a client bug."""
-
-    def to_internal_value(self, data: object) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class InboundMessageSerializer(serializers.Serializer):

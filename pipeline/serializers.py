@@ -8,19 +8,12 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from vocoeng.api import StrictCharField
+
 from .models import Run, StepProgress
 from .selectors import run_progress
 
 PERSONA_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-class StrictCharField(serializers.CharField):
-    """Accept JSON strings only: a number where text belongs is a client bug."""
-
-    def to_internal_value(self, data: object) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class RunCreateSerializer(serializers.Serializer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -24,3 +25,12 @@ def errors_text(errors: dict[str, Any]) -> str:
         text = "; ".join(str(m) for m in msgs) if isinstance(msgs, list) else str(msgs)
         parts.append(f"{field}: {text}")
     return ", ".join(parts)
+
+
+class StrictCharField(serializers.CharField):
+    """Accept JSON strings only: a number where text belongs is a client bug."""
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
