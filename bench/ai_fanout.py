@@ -30,15 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import ensure_database  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import cpu_seconds, ensure_database, free_port  # noqa: E402
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -67,12 +59,6 @@ def start_worker(env: dict[str, str], args: list[str], log: Path) -> subprocess.
             raise RuntimeError("worker failed to start:\n" + log.read_text()[-3000:])
         time.sleep(0.1)
     return proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return user+system CPU seconds used so far by process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -29,7 +29,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,11 @@ import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import cpu_seconds, free_port  # noqa: E402
+
 PROJECT = "vocoeng-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_emulator() -> tuple[subprocess.Popen, str]:
@@ -158,12 +155,6 @@ def bare(subscription: str, n: int, max_in_flight: int) -> tuple[float, float]:
 
 def queue_key(prefix: str) -> str:
     return f"{prefix}ai"
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the CPU time (user + system) process ``pid`` used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bridge(
