@@ -180,6 +180,7 @@ def generate(
     max_tokens: int | None = None,
     temperature: float | None = None,
     on_attempt: Callable[[Attempt], None] | None = None,
+    before_attempt: Callable[[str, str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
 ) -> Completion:
@@ -190,6 +191,10 @@ def generate(
     starts after it. Raises AIUnavailable when every provider failed (with
     ``deadline_exceeded`` set when time ran out); ``transient`` on it says
     whether trying again later may help.
+
+    ``before_attempt(provider, model)`` runs before every attempt (retries and
+    fallbacks included); whatever it raises (a spend limit) stops the call
+    and propagates unchanged. ``on_attempt`` then sees that attempt's outcome.
     """
     attempts: list[Attempt] = []
     max_tokens = max_tokens or settings.AI_MAX_TOKENS
@@ -210,6 +215,8 @@ def generate(
                         deadline_exceeded=True,
                     )
                 extra["timeout"] = min(settings.AI_TIMEOUT_SECONDS, left)
+            if before_attempt is not None:
+                before_attempt(name, model or _default_model(name))
             try:
                 provider = get_provider(name, model)
                 raw: RawCompletion = provider.complete(
