@@ -6,7 +6,7 @@ import uuid
 
 from django.db import models
 
-from vocoeng.models import Tenant
+from vocoeng.models import Channel, Tenant
 
 
 class Conversation(models.Model):
@@ -16,6 +16,16 @@ class Conversation(models.Model):
         Tenant, on_delete=models.PROTECT, related_name="conversations"
     )
     channel = models.CharField(max_length=32)
+    # The tenant's channel (number, account, API source) the user talks to;
+    # NULL: the environment's default channel.
+    account = models.ForeignKey(
+        Channel,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="conversations",
+        verbose_name="channel account",
+    )
     external_user_id = models.CharField(max_length=128)
     message_count = models.PositiveIntegerField(default=0)
     last_message = models.TextField(blank=True)
@@ -25,10 +35,18 @@ class Conversation(models.Model):
 
     class Meta:
         constraints = [
+            # One conversation per user on the default channel of a tenant, and
+            # one per user on each channel account.
             models.UniqueConstraint(
                 fields=["tenant", "channel", "external_user_id"],
+                condition=models.Q(account__isnull=True),
                 name="conversation_unique_user",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["account", "external_user_id"],
+                condition=models.Q(account__isnull=False),
+                name="conversation_unique_account_user",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -49,6 +67,7 @@ class Message(models.Model):
         REPLIED = "replied"
         FAILED = "failed"
         RATE_LIMITED = "rate_limited"
+        OVER_BUDGET = "over_budget"
         IGNORED = "ignored"
         # outbound
         PENDING = "pending"
@@ -110,6 +129,7 @@ class AICall(models.Model):
     """Record one attempt at a model call: the usage and spend ledger."""
 
     class Status(models.TextChoices):
+        STARTED = "started"  # admitted by the spend guard, outcome not yet known
         SUCCEEDED = "succeeded"
         FAILED = "failed"
 

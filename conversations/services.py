@@ -13,6 +13,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from vocoeng import bus
+from vocoeng.limits import rate_limit_parse
 from vocoeng.models import Tenant
 
 from . import providers
@@ -418,21 +419,6 @@ def message_status_update(
         "message_status reply=%s status=%s changed=%s", reply.pk, status, changed
     )
     return changed
-
-
-_RATE_PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
-_RATE_PERIODS["d"] = _RATE_PERIODS["day"] = 86400
-
-
-def rate_limit_parse(value: str) -> tuple[int, int] | None:
-    """Return (count, seconds) of a limit like ``20/min``; None when disabled."""
-    if not value or value.strip() in ("0", "off", "none"):
-        return None
-    count, _, period = value.strip().partition("/")
-    seconds = _RATE_PERIODS.get(period.strip().lower() or "min")
-    if seconds is None or not count.strip().isdigit():
-        raise ValueError(f"rate limit {value!r} is not like '20/min'")
-    return int(count), seconds
 
 
 def message_rate_limited(*, tenant: Tenant, channel: str, user_id: str) -> bool:

@@ -414,3 +414,8 @@ VOC_TOPICS: dict[str, list[str]] = env.json(
 # Set (to a writable, emptied-at-start folder) when gunicorn runs several workers:
 # prometheus_client then aggregates the metrics of all processes (README).
 PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+
+# --- Secrets at rest -----------------------------------------------------------------
+# Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Under
+# DJANGO_DEV a key derived from SECRET_KEY is used when unset.
+FIELD_ENCRYPTION_KEY = env.list("FIELD_ENCRYPTION_KEY", default=[])
