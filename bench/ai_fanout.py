@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import cpu_seconds, ensure_database, free_port  # noqa: E402
+from _common import cpu_seconds, emit, ensure_database, free_port  # noqa: E402
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -285,6 +285,54 @@ def main() -> None:
         )
         verdict = "met" if achieved / ideal >= 0.8 else "NOT met"
         print(f"target: >= 0.80 of ideal -> {verdict}")
+        figure = "reply_generate through the ai worker"
+        emit(
+            bench="ai_fanout",
+            figure=figure,
+            value=achieved,
+            unit="msg/s",
+            baseline="ideal (concurrency / latency)",
+            baseline_value=ideal,
+            target=0.8,
+        )
+        emit(
+            bench="ai_fanout",
+            figure=figure,
+            value=achieved,
+            unit="msg/s",
+            baseline="fake model server, SDK, same concurrency",
+            baseline_value=capacity,
+        )
+        emit(
+            bench="ai_fanout",
+            figure="replies missing",
+            value=opts.messages - done,
+            unit="messages",
+            target=0,
+            op="==",
+        )
+        emit(
+            bench="ai_fanout",
+            figure="duplicate replies",
+            value=duplicates,
+            unit="messages",
+            target=0,
+            op="==",
+        )
+        emit(
+            bench="ai_fanout",
+            figure="ai worker peak RSS",
+            value=peak[0],
+            unit="MB",
+            better="lower",
+        )
+        emit(
+            bench="ai_fanout",
+            figure="ai worker CPU per message",
+            value=cpu_ms,
+            unit="ms",
+            better="lower",
+        )
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

@@ -43,6 +43,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from _common import emit  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test.utils import setup_databases, teardown_databases  # noqa: E402
@@ -176,6 +177,15 @@ def bench_ingest(n: int, pool: int) -> list[tuple[str, str]]:
         sentiment_score(text)
     vader = len(texts) / (time.perf_counter() - started)
     ratio = plain / service
+    emit(
+        bench="analytics",
+        figure="service ingest (validate, sentiment, bulk insert)",
+        value=n / service,
+        unit="events/s",
+        baseline="plain bulk insert of the same rows",
+        baseline_value=n / plain,
+        target=0.4,
+    )
     return [
         ("ingest events", f"{n:,} ({chunk} per batch, {pool} distinct texts)"),
         ("plain bulk insert", f"{n / plain:,.0f} events/s ({plain:.1f} s)"),
@@ -295,6 +305,16 @@ def bench_summary(n: int, runs: int) -> list[tuple[str, str]]:
     assert r1 == expected and r2 == expected, "summary changed without indexes"
     in_window = sum(t["count"] for t in expected["by_type"].values())
     ratio = bare / indexed
+    emit(
+        bench="analytics",
+        figure=f"7-day summary of one tenant, {total:,} rows",
+        value=indexed * 1000,
+        unit="ms",
+        baseline="the same query without the indexes",
+        baseline_value=bare * 1000,
+        better="lower",
+        target=10,
+    )
     rows = [
         ("summary rows", f"{total:,} (generated in {generated:.1f} s), 20 tenants"),
         ("tenant rows in 7 days", f"{in_window:,}"),

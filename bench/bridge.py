@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import cpu_seconds, free_port  # noqa: E402
+from _common import cpu_seconds, emit, free_port  # noqa: E402
 
 PROJECT = "vocoeng-bench"
 
@@ -330,6 +330,42 @@ def main() -> None:
         print()
         for k, v in rows:
             print(f"{k:<{width}}  {v:>14}")
+        bare_name = "(a) bare subscriber, ack only"
+        emit(
+            bench="bridge",
+            figure="(b) bridge, chat route, into Redis",
+            value=b,
+            unit="msg/s",
+            baseline=bare_name,
+            baseline_value=a,
+            target=0.6,
+        )
+        emit(
+            bench="bridge",
+            figure="(b0) bridge, no-op route, into Redis",
+            value=b0,
+            unit="msg/s",
+            baseline=bare_name,
+            baseline_value=a,
+        )
+        emit(
+            bench="bridge",
+            figure="bridge CPU per message, chat route",
+            value=b_cpu,
+            unit="µs",
+            baseline="bare subscriber CPU per message",
+            baseline_value=a_cpu,
+            better="lower",
+        )
+        for figure, value in (("lost", lost), ("duplicated", duplicated)):
+            emit(
+                bench="bridge",
+                figure=f"messages {figure}, chat route",
+                value=value,
+                unit="messages",
+                target=0,
+                op="==",
+            )
     finally:
         r.delete(queue_key(prefix), queue_key(noop_prefix))
         emulator.terminate()

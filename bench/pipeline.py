@@ -30,7 +30,7 @@ from celery import shared_task
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import ensure_database  # noqa: E402
+from _common import emit, ensure_database  # noqa: E402
 
 
 @shared_task(name="bench.noop", acks_late=True)
@@ -220,6 +220,22 @@ def main() -> None:
     print(f"{'orchestration overhead/step':28} {'':>8} {per_step:8.1f}")
     verdict = "OK" if ratio >= 0.5 else "BELOW TARGET"
     print(f"ratio pipeline/baseline = {ratio:.2f} (target >= 0.5) {verdict}")
+    emit(
+        bench="pipeline",
+        figure="consensus runs (expand, reviews, aggregate)",
+        value=pipe_rps,
+        unit="runs/s",
+        baseline="no-op chain + chord, same shape",
+        baseline_value=base_rps,
+        target=0.5,
+    )
+    emit(
+        bench="pipeline",
+        figure="orchestration overhead per step",
+        value=per_step,
+        unit="ms",
+        better="lower",
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port  # noqa: E402
+from _common import emit, free_port  # noqa: E402
 
 SECRET = "bench-app-secret"
 
@@ -335,6 +335,61 @@ def main() -> int:
         200: len(sent) - 50
     }
     print("exactly once: " + ("yes" if ok else "NO"))
+    django_rps = results["django"]["rps"]
+    for baseline, value in (
+        ("bare WSGI app", bare["rps"]),
+        ("Django no-op view", django_rps),
+    ):
+        emit(
+            bench="webhooks",
+            figure="signed WhatsApp webhook",
+            value=web["rps"],
+            unit="req/s",
+            baseline=baseline,
+            baseline_value=value,
+            target=0.5 if baseline == "bare WSGI app" else None,
+        )
+    emit(
+        bench="webhooks",
+        figure="webhook p99 latency",
+        value=web["p99_ms"],
+        unit="ms",
+        baseline="bare WSGI app p99",
+        baseline_value=bare["p99_ms"],
+        better="lower",
+    )
+    emit(
+        bench="webhooks",
+        figure="webhook server CPU per request",
+        value=web["server_cpu_ms"],
+        unit="ms",
+        baseline="bare WSGI app",
+        baseline_value=bare["server_cpu_ms"],
+        better="lower",
+    )
+    emit(
+        bench="webhooks",
+        figure="webhook answers other than 200",
+        value=len(sent) - 50 - web["statuses"].get(200, 0),
+        unit="requests",
+        target=0,
+        op="==",
+    )
+    # Exactly once: every message stored, one chain each in the broker.
+    for figure, value in (
+        ("messages stored", stored_count),
+        ("chains enqueued", chains),
+    ):
+        emit(
+            bench="webhooks",
+            figure=figure,
+            value=value,
+            unit="messages",
+            baseline="messages sent",
+            baseline_value=len(sent),
+            target=1.0,
+            op="==",
+        )
     print(
         "(pg+redis CPU: every postgres/redis-server process on this host, "
         "other users' included)"
