@@ -7,6 +7,12 @@ An API key sees and writes its own tenant only (another tenant's data is a
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,7 +22,9 @@ from vocoeng.models import Tenant
 from .selectors import voc_events_for, voc_summary
 from .serializers import (
     EventBatchSerializer,
+    IngestResultSerializer,
     SummaryQuerySerializer,
+    SummarySerializer,
     VocEventSerializer,
 )
 from .services import IngestUnavailable, events_ingest
@@ -54,6 +62,20 @@ def _read_scope(request: Request, slug: str | None) -> Tenant | None:
     return tenant
 
 
+TENANT_PARAM = OpenApiParameter(
+    "tenant_id", str, description="A tenant's slug (staff only; a key's own)."
+)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            TENANT_PARAM,
+            OpenApiParameter("event_type", str, description="Only this type."),
+        ]
+    ),
+    retrieve=extend_schema(parameters=[TENANT_PARAM]),
+)
 class VocEventViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
@@ -78,6 +100,12 @@ class VocEventViewSet(
             qs = qs.filter(event_type=event_type)
         return qs
 
+    @extend_schema(
+        responses={
+            202: IngestResultSerializer,
+            503: OpenApiResponse(description="The event queue is unavailable."),
+        }
+    )
     def create(self, request: Request) -> Response:
         """Validate a batch, enqueue the valid events, report the rejected ones."""
         tenant = _caller_tenant(request)
@@ -106,6 +134,7 @@ class SummaryViewSet(viewsets.ViewSet):
     tenants).
     """
 
+    @extend_schema(parameters=[SummaryQuerySerializer], responses=SummarySerializer)
     def list(self, request: Request) -> Response:
         query = SummaryQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from .models import VocEvent
@@ -46,3 +47,40 @@ class VocEventSerializer(serializers.ModelSerializer):
             "processed_at",
         ]
         read_only_fields = fields
+
+
+# Response shapes of the API, for the OpenAPI schema (the views return dicts).
+class IngestErrorSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    event_id = serializers.CharField(allow_null=True)
+    reason = serializers.CharField()
+
+
+class IngestResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    errors = IngestErrorSerializer(many=True)
+
+
+class TypeTotalSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    avg_sentiment = serializers.FloatField(allow_null=True)
+
+
+class DailyRowSerializer(TypeTotalSerializer):
+    date = serializers.DateField()
+    event_type = serializers.CharField()
+
+
+class QosSerializer(serializers.Serializer):
+    p50 = serializers.FloatField(allow_null=True)
+    p95 = serializers.FloatField(allow_null=True)
+
+
+@extend_schema_serializer(many=False)  # one summary, though served by ``list``
+class SummarySerializer(serializers.Serializer):
+    tenant_id = serializers.CharField(allow_null=True)
+    days = serializers.IntegerField()
+    by_type = serializers.DictField(child=TypeTotalSerializer())
+    daily = DailyRowSerializer(many=True)
+    qos = serializers.DictField(child=QosSerializer())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import viewsets
 
 from .models import Conversation, Message
@@ -18,6 +19,11 @@ def _tenant_filter(request, qs: QuerySet, field: str) -> QuerySet:
     return qs.none()
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[OpenApiParameter("user_id", str, description="The user's id.")]
+    )
+)
 class ConversationViewSet(viewsets.ReadOnlyModelViewSet):
     """Conversations of your tenant, newest activity first."""
 
@@ -30,6 +36,13 @@ class ConversationViewSet(viewsets.ReadOnlyModelViewSet):
         return _tenant_filter(self.request, qs, "tenant")
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("conversation", int, description="A conversation id.")
+        ]
+    )
+)
 class MessageViewSet(viewsets.ReadOnlyModelViewSet):
     """Messages of your tenant; filter with ?conversation=<id>."""
 

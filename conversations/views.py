@@ -8,13 +8,16 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from vocoeng.openapi import document
 from vocoeng.routing import PermanentMessageError
 
+from . import openapi
 from .models import Message
 from .routes import inbound_store
 from .services import reply_process_sync, response_build
 
 
+@document(**openapi.PROCESS)
 @csrf_exempt
 @require_POST
 def process(request: HttpRequest) -> JsonResponse:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -17,6 +23,14 @@ from .selectors import run_list
 from .serializers import RunCreateSerializer, RunSerializer
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=Run.Status.values),
+            OpenApiParameter("idempotency_key", str),
+        ]
+    )
+)
 class RunViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -48,6 +62,14 @@ class RunViewSet(
             return RunCreateSerializer
         return RunSerializer
 
+    @extend_schema(
+        request=RunCreateSerializer,
+        responses={
+            201: RunSerializer,
+            200: OpenApiResponse(RunSerializer, description="Known idempotency_key."),
+            409: OpenApiResponse(description="idempotency_key of another client."),
+        },
+    )
     def create(self, request: Request, *args, **kwargs) -> Response:
         incoming = RunCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
@@ -70,6 +92,13 @@ class RunViewSet(
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(body, status=code)
 
+    @extend_schema(
+        request=None,
+        responses={
+            200: RunSerializer,
+            409: OpenApiResponse(description="The run has already finished."),
+        },
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel the run if it is still queued or running."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import serializers
+from rest_framework import routers, serializers
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 from rest_framework.views import exception_handler as drf_exception_handler
 
 
@@ -34,3 +36,13 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class ApiRootView(routers.APIRootView):
+    """The VocoEng API. Its OpenAPI schema is at /api/schema/ (``schema``
+    below: Swagger UI; /api/schema/redoc/ for Redoc)."""
+
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().get(request, *args, **kwargs)
+        response.data["schema"] = reverse("swagger-ui", request=request)
+        return response

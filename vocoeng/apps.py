@@ -11,5 +11,6 @@ class VocoengConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Connect the Celery signals that carry correlation ids (web, worker, bridge).
-        from . import correlation  # noqa: F401
+        # Connect the Celery signals that carry correlation ids (web, worker,
+        # bridge) and register the OpenAPI extension of the API key auth.
+        from . import correlation, openapi  # noqa: F401

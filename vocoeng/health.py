@@ -9,9 +9,40 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from .openapi import document, json_response
+
+_CHECKS = {"type": "object", "additionalProperties": {"enum": ["ok", "failing"]}}
+READINESS: dict = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "checks": _CHECKS,
+        "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["status", "checks"],
+}
+
 logger = logging.getLogger(__name__)
 
 
+@document(
+    get={
+        "operationId": "health",
+        "summary": "Liveness",
+        "tags": ["operations"],
+        "security": [{}],
+        "responses": {
+            "200": json_response(
+                "The process is alive.",
+                {
+                    "type": "object",
+                    "properties": {"status": {"enum": ["ok"]}},
+                    "required": ["status"],
+                },
+            )
+        },
+    }
+)
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
     """Answer that the process is alive; touches nothing outside it."""
@@ -49,6 +80,18 @@ def _check_pubsub() -> str | None:
     return None
 
 
+@document(
+    get={
+        "operationId": "readyz",
+        "summary": "Readiness: database, broker and (BUS=pubsub) Pub/Sub",
+        "tags": ["operations"],
+        "security": [{}],
+        "responses": {
+            "200": json_response("Every check passed.", READINESS),
+            "503": json_response("A check failed; `errors` names it.", READINESS),
+        },
+    }
+)
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     """Answer 200 when the database and broker (and Pub/Sub) are reachable.

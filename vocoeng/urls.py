@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 from rest_framework.routers import DefaultRouter
 
 import analytics.urls
@@ -11,10 +16,12 @@ import pipeline.urls
 from conversations.api import ConversationViewSet, MessageViewSet
 from conversations.views import process
 
+from .api import ApiRootView
 from .health import health, readyz
 from .metrics import metrics
 
 router = DefaultRouter()
+router.APIRootView = ApiRootView
 router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("messages", MessageViewSet, basename="message")
 pipeline.urls.register(router)
@@ -29,5 +36,16 @@ urlpatterns = [
     path("api/v1/analytics/", include("analytics.urls")),
     path("api/v1/", include(router.urls)),
     path("api-auth/", include("rest_framework.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        "api/schema/swagger-ui/",
+        SpectacularSwaggerView.as_view(url_name="schema"),
+        name="swagger-ui",
+    ),
+    path(
+        "api/schema/redoc/",
+        SpectacularRedocView.as_view(url_name="schema"),
+        name="redoc",
+    ),
     path("admin/", admin.site.urls),
 ]

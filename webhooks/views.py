@@ -9,13 +9,17 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from conversations.serializers import InboundMessageSerializer
 from vocoeng.auth import ApiKeyAuthentication
+from vocoeng.openapi import document
 
-from . import services
+from . import openapi, services
 from .ingress import TENANT_HEADER, api_delivery_process, pubsub_delivery_process
 from .models import WebhookDelivery
 from .oidc import PushAuthError, push_token_verify
@@ -72,6 +76,7 @@ def _unauthorized(source: str, reason: str, status: int) -> JsonResponse:
     return JsonResponse({"error": reason}, status=status)
 
 
+@document(**openapi.WHATSAPP)
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def whatsapp(request: HttpRequest) -> HttpResponse:
@@ -101,6 +106,7 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
     return _receive(request, source="whatsapp", receive=services.whatsapp_receive)
 
 
+@document(**openapi.AISENSY)
 @csrf_exempt
 @require_POST
 def aisensy(request: HttpRequest) -> HttpResponse:
@@ -113,6 +119,7 @@ def aisensy(request: HttpRequest) -> HttpResponse:
     return _receive(request, source="aisensy", receive=services.aisensy_receive)
 
 
+@document(**openapi.PUBSUB_PUSH)
 @csrf_exempt
 @require_POST
 def pubsub_push(request: HttpRequest) -> HttpResponse:
@@ -130,7 +137,20 @@ class ApiSourceView(APIView):
 
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [IsAuthenticated]
+    # The view reads the raw body (JSON); this tells the schema and the
+    # browsable API so.
+    parser_classes = [JSONParser]
 
+    @extend_schema(
+        operation_id="webhooks_api_receive",
+        tags=openapi.TAGS,
+        request=InboundMessageSerializer,
+        responses={
+            202: OpenApiResponse(
+                openapi.API_SOURCE_RESULT, description="Accepted for a reply."
+            )
+        },
+    )
     def post(self, request: Request) -> HttpResponse:
         raw = request.body
         headers = {**request.headers, TENANT_HEADER: request.user.tenant.slug}
