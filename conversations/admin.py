@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import AICall, Conversation, Message
+from vocoeng.admin import SecretFieldsAdminMixin
+
+from .models import AICall, Conversation, HttpTool, KnowledgeEntry, Message
 
 
 class MessageInline(admin.TabularInline):
@@ -75,3 +77,34 @@ class AICallAdmin(admin.ModelAdmin):
     list_filter = ("status", "provider", "model")
     search_fields = ("ref",)
     raw_id_fields = ("message",)
+
+
+@admin.register(HttpTool)
+class HttpToolAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
+    """Configure HTTP endpoints the model may call; the auth secret is write-only."""
+
+    secret_fields = ("auth_secret",)
+    list_display = ("name", "method", "url", "timeout_seconds", "enabled")
+    list_filter = ("enabled", "method")
+    search_fields = ("name", "description", "url")
+    fields = (
+        "name",
+        "description",
+        "enabled",
+        "method",
+        "url",
+        "parameters",
+        "timeout_seconds",
+        "auth_header",
+        "auth_secret",
+    )
+
+
+@admin.register(KnowledgeEntry)
+class KnowledgeEntryAdmin(admin.ModelAdmin):
+    """Keep each tenant's FAQ, which the faq_lookup tool searches."""
+
+    list_display = ("question", "tenant", "keywords", "enabled", "updated_at")
+    list_filter = ("enabled", "tenant")
+    search_fields = ("question", "answer", "keywords")
+    fields = ("tenant", "question", "answer", "keywords", "enabled")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from vocoeng.fields import EncryptedTextField
 from vocoeng.models import Channel, Tenant
 
 
@@ -163,3 +166,94 @@ class AICall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} #{self.attempt} {self.status}"
+
+
+def _empty_object_schema() -> dict:
+    return {"type": "object", "properties": {}}
+
+
+class HttpTool(models.Model):
+    """A tool the model may call that is an HTTP endpoint, configured in the admin.
+
+    The arguments the model sends are checked against ``parameters`` (a JSON
+    Schema) before the request: GET sends them as the query string, the other
+    methods as a JSON body. ``auth_secret`` goes in the ``auth_header`` header.
+    """
+
+    class Method(models.TextChoices):
+        GET = "GET"
+        POST = "POST"
+        PUT = "PUT"
+        PATCH = "PATCH"
+
+    # The providers' own limit on function names.
+    name = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[
+            RegexValidator(
+                r"^[a-zA-Z0-9_-]+$", "Letters, digits, _ and - only (as models need)."
+            )
+        ],
+    )
+    description = models.TextField(
+        help_text="What the tool does and when to use it; the model reads this."
+    )
+    url = models.URLField(max_length=1000)
+    method = models.CharField(max_length=8, choices=Method.choices, default="POST")
+    parameters = models.JSONField(
+        default=_empty_object_schema,
+        help_text="JSON Schema of the arguments (an object schema).",
+    )
+    timeout_seconds = models.FloatField(
+        default=10.0, validators=[MinValueValidator(0.1), MaxValueValidator(120.0)]
+    )
+    auth_header = models.CharField(
+        max_length=100, blank=True, help_text="e.g. Authorization or X-Api-Key"
+    )
+    auth_secret = EncryptedTextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "HTTP tool"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from .tools import python_tool_names
+        from .tools.schema import schema_problem
+
+        errors = {}
+        if self.name in python_tool_names():
+            errors["name"] = "A built-in tool already has this name."
+        problem = schema_problem(self.parameters)
+        if problem:
+            errors["parameters"] = problem
+        if errors:
+            raise ValidationError(errors)
+
+
+class KnowledgeEntry(models.Model):
+    """One question and answer of a tenant's FAQ, found by the faq_lookup tool."""
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="knowledge_entries"
+    )
+    question = models.CharField(max_length=500)
+    answer = models.TextField()
+    keywords = models.CharField(
+        max_length=500, blank=True, help_text="Comma-separated words that match it."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "knowledge entry"
+        verbose_name_plural = "knowledge entries"
+
+    def __str__(self) -> str:
+        return self.question[:80]

@@ -16,7 +16,7 @@ from vocoeng import bus
 from vocoeng.limits import rate_limit_parse
 from vocoeng.models import Tenant
 
-from . import providers
+from .agent import agent_generate
 from .delivery import DeliveryError, adapter_for
 from .models import AICall, Conversation, Message
 from .providers import AIUnavailable, Attempt, ChatTurn
@@ -198,9 +198,13 @@ def reply_generate(*, message_id: Any) -> Message | None:
         history = store.history(inbound=inbound, limit=settings.AI_HISTORY_MESSAGES)
         turns = [*history, ChatTurn(role="user", content=inbound.content)]
         _release_db_connection()
-        completion = providers.generate(
+        completion = agent_generate(
             system=settings.AI_SYSTEM_PROMPT,
             messages=turns,
+            tools=list(settings.AI_TOOLS),
+            tenant_id=tenant_id,
+            agent_id="default",
+            ref=f"message:{inbound.id}",
             on_attempt=record_failure,
         )
     except StoreError:
@@ -234,7 +238,10 @@ def reply_generate(*, message_id: Any) -> Message | None:
                 processing_time_ms=elapsed_ms,
                 metadata={"attempts": len(completion.attempts)},
             )
-            _record_attempt(inbound, tenant_id, completion.attempts[-1])
+            # Tool rounds make several successful calls; each is spend.
+            for attempt in completion.attempts:
+                if attempt.ok:
+                    _record_attempt(inbound, tenant_id, attempt)
             Message.objects.filter(pk=inbound.pk).update(status=Message.Status.REPLIED)
             Conversation.objects.filter(pk=inbound.conversation_id).update(
                 message_count=F("message_count") + 1,

@@ -337,6 +337,11 @@ AI_SYSTEM_PROMPT = env.str(
     "AI_SYSTEM_PROMPT",
     default="You are a helpful, concise assistant answering customers on chat.",
 )
+# Tools the model may call on the default channel (names from conversations.tools
+# or admin-configured HTTP tools); empty means plain replies, one model call each.
+AI_TOOLS = env.list("AI_TOOLS", default=[])
+# Model turns that may ask for tools before one last call that must answer.
+AI_MAX_TOOL_ROUNDS = env.int("AI_MAX_TOOL_ROUNDS", default=5)
 # USD per million tokens, (input, output), per model. Extend or override with
 # AI_PRICES='{"my-model": [0.1, 0.2]}'. Unknown models cost 0 and log a warning.
 AI_PRICES: dict[str, tuple[float, float]] = {

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -27,6 +28,8 @@ from .base import (
     Provider,
     ProviderError,
     RawCompletion,
+    ToolCall,
+    ToolSpec,
 )
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "ChatTurn",
     "Completion",
     "ProviderError",
+    "ToolCall",
+    "ToolSpec",
     "generate",
     "get_provider",
     "price",
@@ -183,6 +188,8 @@ def generate(
     before_attempt: Callable[[str, str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
+    tools: list[ToolSpec] | None = None,
+    tool_choice: str = "auto",
 ) -> Completion:
     """Return a completion from the first provider that answers.
 
@@ -195,6 +202,11 @@ def generate(
     ``before_attempt(provider, model)`` runs before every attempt (retries and
     fallbacks included); whatever it raises (a spend limit) stops the call
     and propagates unchanged. ``on_attempt`` then sees that attempt's outcome.
+
+    ``tools`` are offered through the provider's own tool-calling API; the
+    tool calls the model asked for come back on the Completion.
+    ``tool_choice`` "none" forbids calling them (tools stay declared, because
+    Anthropic refuses tool blocks in the history without them).
     """
     attempts: list[Attempt] = []
     max_tokens = max_tokens or settings.AI_MAX_TOKENS
@@ -204,7 +216,10 @@ def generate(
         model = (models or {}).get(name)
         for n in range(1, settings.AI_MAX_RETRIES + 2):
             started = time.monotonic()
-            extra: dict[str, float] = {}
+            extra: dict[str, Any] = {}
+            if tools:
+                extra["tools"] = tools
+                extra["tool_choice"] = tool_choice
             if deadline is not None:
                 left = deadline - started
                 if left <= 0:
@@ -285,6 +300,7 @@ def generate(
                 cost=cost,
                 latency_ms=latency,
                 attempts=attempts,
+                tool_calls=raw.tool_calls,
             )
     raise AIUnavailable(
         f"all AI providers failed; last error: {last_error}",

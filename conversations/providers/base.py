@@ -8,11 +8,41 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
-class ChatTurn:
-    """One message of the history sent to a model."""
+class ToolSpec:
+    """A tool offered to the model: its name, what it does, its JSON schema."""
 
-    role: str  # "user" or "assistant"
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked for.
+
+    ``arguments`` is the decoded JSON object, or the raw text when the model
+    sent arguments that are not JSON (schema validation then rejects them).
+    """
+
+    id: str
+    name: str
+    arguments: Any
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One message of the history sent to a model.
+
+    Roles: "user", "assistant" (with ``tool_calls`` when it asked for tools)
+    and "tool" (the result of the call ``tool_call_id``; ``is_error`` marks a
+    failed call). Plain turns leave the tool fields empty.
+    """
+
+    role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    is_error: bool = False
 
 
 @dataclass(frozen=True)
@@ -23,6 +53,7 @@ class RawCompletion:
     model: str
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -58,6 +89,7 @@ class Completion:
     cost: Decimal
     latency_ms: int
     attempts: list[Attempt] = field(default_factory=list)
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -111,6 +143,8 @@ class Provider(Protocol):
         messages: list[ChatTurn],
         max_tokens: int,
         temperature: float,
+        tools: list[ToolSpec] | None = None,
+        tool_choice: str = "auto",
         **extra: Any,
     ) -> RawCompletion: ...
 

@@ -5,11 +5,19 @@ The only module that imports the ``openai`` SDK.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
 
-from .base import ChatTurn, ProviderError, RawCompletion, error_from_status
+from .base import (
+    ChatTurn,
+    ProviderError,
+    RawCompletion,
+    ToolCall,
+    ToolSpec,
+    error_from_status,
+)
 
 
 class OpenAIProvider:
@@ -38,16 +46,36 @@ class OpenAIProvider:
         max_tokens: int,
         temperature: float,
         timeout: float | None = None,
+        tools: list[ToolSpec] | None = None,
+        tool_choice: str = "auto",
         **extra: Any,
     ) -> RawCompletion:
         payload = [{"role": "system", "content": system}] if system else []
-        payload += [{"role": m.role, "content": m.content} for m in messages]
-        body = {
+        payload += [
+            _turn(m)
+            if m.tool_calls or m.tool_call_id
+            else {"role": m.role, "content": m.content}
+            for m in messages
+        ]
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": payload,
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
+        if tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in tools
+            ]
+            body["tool_choice"] = tool_choice
         try:
             # The SDK's low-level post(): its auth, timeouts and error types, but
             # not its typed request transform and response models, which cost
@@ -72,13 +100,49 @@ class OpenAIProvider:
         try:
             choice = data["choices"][0]
             usage = data.get("usage") or {}
+            calls = choice["message"].get("tool_calls")
             return RawCompletion(
                 text=choice["message"].get("content") or "",
                 model=data.get("model") or self.model,
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
+                tool_calls=tuple(_call(c) for c in calls) if calls else (),
             )
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise ProviderError(
                 f"openai: malformed response: {exc!r}", transient=True
             ) from exc
+
+
+def _turn(m: ChatTurn) -> dict[str, Any]:
+    """Return an assistant turn with tool_calls, or a role "tool" result."""
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    return {
+        "role": m.role,
+        "content": m.content or None,
+        "tool_calls": [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.name,
+                    # Sent back as the model wrote it, even when not JSON.
+                    "arguments": c.arguments
+                    if isinstance(c.arguments, str)
+                    else json.dumps(c.arguments),
+                },
+            }
+            for c in m.tool_calls
+        ],
+    }
+
+
+def _call(raw: dict[str, Any]) -> ToolCall:
+    function = raw["function"]
+    text = function.get("arguments") or "{}"
+    try:
+        arguments: Any = json.loads(text)
+    except ValueError:
+        arguments = text  # models do emit broken JSON; validation reports it
+    return ToolCall(id=raw["id"], name=function["name"], arguments=arguments)

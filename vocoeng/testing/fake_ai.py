@@ -450,6 +450,72 @@ def _last_user_text(messages: list[Any]) -> str:
     return ""
 
 
+def tool_results(messages: list[Any]) -> list[tuple[str, str, bool]]:
+    """Return (call id, content, is_error) of the tool results after the last
+    assistant turn, in either protocol; [] when the model has not been given any.
+    """
+    found: list[tuple[str, str, bool]] = []
+    for message in reversed(messages):
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "tool":  # OpenAI
+            content = _text_of(message.get("content"))
+            found.append((str(message.get("tool_call_id")), content, False))
+            continue
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, list):
+            blocks = [
+                b
+                for b in content
+                if isinstance(b, dict) and b.get("type") == "tool_result"
+            ]
+            found.extend(
+                (
+                    str(b.get("tool_use_id")),
+                    _text_of(b.get("content")),
+                    bool(b.get("is_error")),
+                )
+                for b in reversed(blocks)
+            )
+        break
+    return list(reversed(found))
+
+
+def offered_tools(body: Mapping[str, Any]) -> list[str]:
+    """Return the names of the tools a request offers, in either protocol."""
+    names = []
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict):
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            names.append(name or tool.get("name"))
+    return [n for n in names if isinstance(n, str)]
+
+
+def _tool_turns(messages: list[Any]) -> int:
+    """Return how many assistant turns in ``messages`` asked for tools."""
+    count = 0
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if message.get("tool_calls") or (
+            isinstance(content, list)
+            and any(
+                isinstance(b, dict) and b.get("type") == "tool_use" for b in content
+            )
+        ):
+            count += 1
+    return count
+
+
+def _tool_choice_none(body: Mapping[str, Any]) -> bool:
+    choice = body.get("tool_choice")
+    return choice == "none" or (
+        isinstance(choice, dict) and choice.get("type") == "none"
+    )
+
+
 def _new_id(prefix: str, length: int = 24) -> str:
     return prefix + uuid.uuid4().hex[:length]
 
@@ -541,6 +607,33 @@ class FakeModelServer(LoopbackServer):
         """
         self._responder = responder
 
+    def script_tools(
+        self, *calls: tuple[str, Mapping[str, Any]], rounds: int | None = 1
+    ) -> None:
+        """Make the model ask for ``calls`` (``(tool name, arguments)``) in a turn.
+
+        Keyed on each request, not on a counter: while a request's messages hold
+        fewer than ``rounds`` earlier tool-calling turns (``None``: always) and
+        it offers every named tool, the model asks for them; otherwise it
+        answers with the default reply, which quotes the tool results it got.
+        """
+        names = [name for name, _ in calls]
+
+        def responder(path: str, body: Any) -> Mapping[str, Any] | None:
+            offered = offered_tools(body)
+            if not all(name in offered for name in names):
+                return None
+            if rounds is not None and _tool_turns(body["messages"]) >= rounds:
+                return None
+            return {
+                "tool_calls": [
+                    {"name": name, "arguments": dict(arguments)}
+                    for name, arguments in calls
+                ]
+            }
+
+        self.set_responder(responder)
+
     def reset(self) -> None:
         """Forget recorded requests, scripted faults and the responder."""
         super().reset()
@@ -575,6 +668,11 @@ class FakeModelServer(LoopbackServer):
         result = responder(path, body) if responder is not None else None
         if result is None:
             model = body.get("model")
+            results = tool_results(body["messages"])
+            if results:
+                # Like a model answering from the tool output it was given.
+                shown = "; ".join(content for _, content, _ in results)
+                return f"[{model}] tool result: {shown}", []
             return f"[{model}] reply to: {_last_user_text(body['messages'])}", []
         if isinstance(result, str):
             return result, []
@@ -587,6 +685,10 @@ class FakeModelServer(LoopbackServer):
             calls.append(
                 {"id": call.get("id"), "name": call["name"], "args": arguments}
             )
+        if calls and _tool_choice_none(body):
+            # A real model told not to call tools answers in text instead.
+            calls = []
+            text = text or f"[{body.get('model')}] answered without tools"
         return str(text), calls
 
     def _openai(self, headers: dict[str, str], body: Any) -> Reply:
@@ -766,6 +868,32 @@ def _openai_problem(body: dict[str, Any]) -> tuple[str, str] | None:
             return f"Invalid value for '{param}'.", param
     if body.get("stream"):
         return "Unsupported value: 'stream' is not supported by the fake.", "stream"
+    return _openai_tool_problem(messages)
+
+
+def _openai_tool_problem(messages: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Check tool turns the way OpenAI does: every call answered, in order."""
+    pending: set[str] = set()
+    for i, message in enumerate(messages):
+        param = f"messages.[{i}].role"
+        if message["role"] == "tool":
+            if message.get("tool_call_id") not in pending:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a "
+                    "response to a preceeding message with 'tool_calls'.",
+                    param,
+                )
+            pending.discard(message["tool_call_id"])
+            continue
+        if pending:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool "
+                "messages responding to each 'tool_call_id'. The following "
+                f"tool_call_ids did not have response messages: {sorted(pending)}",
+                param,
+            )
+        for call in message.get("tool_calls") or []:
+            pending.add(call.get("id"))
     return None
 
 
@@ -785,6 +913,40 @@ def _anthropic_problem(body: dict[str, Any]) -> str | None:
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
     if body.get("stream"):
         return "stream: streaming is not supported by FakeModelServer"
+    return _anthropic_tool_problem(messages, bool(body.get("tools")))
+
+
+def _blocks(message: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _anthropic_tool_problem(messages: list[dict[str, Any]], tools: bool) -> str | None:
+    """Check tool blocks the way Anthropic does: tools declared, ids paired."""
+    previous: set[str] = set()
+    for i, message in enumerate(messages):
+        uses = {b.get("id") for b in _blocks(message, "tool_use")}
+        results = {b.get("tool_use_id") for b in _blocks(message, "tool_result")}
+        if (uses or results) and not tools:
+            return (
+                "Requests which include `tool_use` or `tool_result` blocks must "
+                "define tools."
+            )
+        if results - previous:
+            return (
+                f"messages.{i}.content: unexpected `tool_use_id` found in "
+                f"`tool_result` blocks: {sorted(results - previous)}. Each "
+                "`tool_result` block must have a corresponding `tool_use` block in "
+                "the previous message."
+            )
+        if previous - results:
+            return (
+                f"messages.{i - 1}: `tool_use` ids were found without "
+                f"`tool_result` blocks immediately after: {sorted(previous - results)}"
+            )
+        previous = uses
     return None
 
 

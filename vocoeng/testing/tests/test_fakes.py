@@ -385,6 +385,106 @@ def test_anthropic_tool_use_round_trip(
     assert recorded[1]["content"][1]["id"] == tool_use.id
 
 
+def test_scripted_tool_call_then_an_answer_quoting_the_result(
+    ai: FakeModelServer, oai: openai.OpenAI
+) -> None:
+    ai.script_tools(("get_weather", {"city": "Pune"}))
+    messages: list[Any] = _user("weather in Pune?")
+    first = oai.chat.completions.create(
+        model="gpt-test", messages=messages, tools=[WEATHER_TOOL_OPENAI]
+    )
+    (call,) = first.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "Pune"}
+    messages.append(first.choices[0].message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "31 C"})
+    second = oai.chat.completions.create(
+        model="gpt-test", messages=messages, tools=[WEATHER_TOOL_OPENAI]
+    )
+    assert second.choices[0].message.content == "[gpt-test] tool result: 31 C"
+    assert second.usage and second.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+def test_scripted_tool_is_not_asked_for_when_not_offered(
+    ai: FakeModelServer, claude: anthropic.Anthropic
+) -> None:
+    ai.script_tools(("get_weather", {"city": "Pune"}))
+    message = claude.messages.create(
+        model="claude-test", max_tokens=50, messages=_user("hello")
+    )
+    assert message.stop_reason == "end_turn"
+    assert message.content[0].text == "[claude-test] reply to: hello"
+
+
+def test_tool_choice_none_gets_text_not_calls(
+    ai: FakeModelServer, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    ai.script_tools(("get_weather", {"city": "Pune"}), rounds=None)
+    first = oai.chat.completions.create(
+        model="gpt-test",
+        messages=_user("weather?"),
+        tools=[WEATHER_TOOL_OPENAI],
+        tool_choice="none",
+    )
+    assert first.choices[0].finish_reason == "stop"
+    assert not first.choices[0].message.tool_calls
+    second = claude.messages.create(
+        model="claude-test",
+        max_tokens=50,
+        messages=_user("weather?"),
+        tools=[WEATHER_TOOL_ANTHROPIC],
+        tool_choice={"type": "none"},
+    )
+    assert [b.type for b in second.content] == ["text"]
+
+
+def test_openai_unanswered_tool_call_is_a_400(
+    ai: FakeModelServer, oai: openai.OpenAI
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+    }
+    with pytest.raises(openai.BadRequestError, match="call_1"):
+        oai.chat.completions.create(
+            model="gpt-test",
+            messages=[
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "user", "content": "y"},
+            ],
+        )
+    with pytest.raises(openai.BadRequestError, match="preceeding"):
+        oai.chat.completions.create(
+            model="gpt-test",
+            messages=[
+                {"role": "user", "content": "x"},
+                {"role": "tool", "tool_call_id": "call_9", "content": "z"},
+            ],
+        )
+
+
+def test_anthropic_tool_blocks_must_pair_and_declare_tools(
+    ai: FakeModelServer, claude: anthropic.Anthropic
+) -> None:
+    use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_2", "content": "31"}
+    messages: list[Any] = [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [result]},
+    ]
+    with pytest.raises(anthropic.BadRequestError, match="must define tools"):
+        claude.messages.create(model="claude-test", max_tokens=9, messages=messages)
+    with pytest.raises(anthropic.BadRequestError, match="toolu_2"):
+        claude.messages.create(
+            model="claude-test",
+            max_tokens=9,
+            messages=messages,
+            tools=[WEATHER_TOOL_ANTHROPIC],
+        )
+
+
 def test_concurrent_slow_requests_overlap(ai: FakeModelServer) -> None:
     ai.latency = 0.5
     clients = 50
