@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export DJANGO_DEV ?= 1
 
-.PHONY: run test lint format install migrate worker web bridge bench bench-ai \
+.PHONY: run test browser lint format install migrate worker web bridge bench bench-ai \
 	bench-webhooks bench-bridge bench-pipeline bench-analytics clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -35,8 +35,28 @@ web: migrate
 worker: install
 	$(VENV)/bin/celery -A vocoeng worker -Q default,analytics -l info
 
+# The browser tests drive Debian's chromium (Playwright cannot download browsers
+# here): install it when missing and we are root, first from the package lists
+# already on the machine, then after refreshing them. Without it those tests fail
+# with a message saying how to install it.
+CHROMIUM_PATH ?= /usr/bin/chromium
+CHROMIUM_PACKAGES := chromium chromium-driver
+browser:
+	@if [ ! -x "$(CHROMIUM_PATH)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends $(CHROMIUM_PACKAGES) || \
+	    { apt-get update && \
+	      apt-get install -y --no-install-recommends $(CHROMIUM_PACKAGES); } || \
+	    echo "make: could not install chromium; the browser tests will fail"; \
+	  else \
+	    echo "make: $(CHROMIUM_PATH) is missing; as root run:" \
+	      "apt-get install -y --no-install-recommends $(CHROMIUM_PACKAGES)"; \
+	  fi; \
+	fi
+
 # The whole suite. Embedded defaults unless DATABASE_URL / CELERY_BROKER_URL are set.
-test: install
+test: install browser
 	VOCOENG_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -q
 
 lint: install

@@ -219,3 +219,50 @@ def pubsub_settings(pubsub_emulator, settings, monkeypatch) -> Iterator[dict[str
     pubsub.reset_clients()
     yield env
     pubsub.reset_clients()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator:
+    """Run one headless Debian chromium (Playwright) for the session.
+
+    Fails, never skips, when chromium is missing: ``make test`` installs it.
+    Screenshots go to ``$VOCOENG_VAR_DIR/artifacts/``.
+    """
+    from django.conf import settings
+
+    from vocoeng.testing.browser import Chromium, ChromiumMissing
+
+    try:
+        browser = Chromium(artifacts=settings.VAR_DIR / "artifacts").start()
+    except ChromiumMissing as exc:
+        missing = str(exc)
+    else:
+        missing = ""
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    yield browser
+    browser.stop()
+
+
+@pytest.fixture
+def browser_page(chromium, live_server, request, settings) -> Iterator:
+    """Open a page with fresh cookies on the live server (see BrowserPage.run)."""
+    # A PBKDF2 hash costs ~1 s on a busy CI core, and every login and test user
+    # pays it; these tests check the login form, not the hasher.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    page = chromium.open(base_url=live_server.url, name=request.node.name)
+    yield page
+    page.close()
+
+
+@pytest.fixture
+def admin_browser(browser_page, django_user_model):
+    """Return ``browser_page`` logged into the admin through its login form."""
+    from functools import partial
+
+    from vocoeng.testing.browser import admin_login
+
+    password = uuid.uuid4().hex
+    django_user_model.objects.create_superuser("staff", "staff@example.com", password)
+    browser_page.run(partial(admin_login, username="staff", password=password))
+    return browser_page

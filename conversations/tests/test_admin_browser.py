@@ -1,0 +1,63 @@
+"""The conversations admin in a real headless chromium (Playwright)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from conversations.models import Message
+from conversations.services import message_receive, reply_process_sync
+from vocoeng.services import tenant_get_default
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def test_conversation_list_and_its_messages(admin_browser, fake_ai) -> None:
+    tenant = tenant_get_default()
+    inbound, _ = message_receive(
+        tenant=tenant,
+        channel="api",
+        user_id="15550001111",
+        text="Where is my order 4471?",
+        external_id="ext-browser-1",
+    )
+    reply = reply_process_sync(message=inbound)
+    assert reply is not None and reply.content
+    message_receive(
+        tenant=tenant,
+        channel="api",
+        user_id="15550002222",
+        text="Another customer",
+        external_id="ext-browser-2",
+    )
+    conversation = inbound.conversation
+
+    def steps(page: Page) -> None:
+        page.goto("/admin/")
+        page.locator("tr.model-conversation th a").click()
+        expect(page).to_have_url(re.compile(r"/admin/conversations/conversation/$"))
+        rows = page.locator("#result_list tbody tr")
+        expect(rows).to_have_count(2)
+        row = rows.filter(has_text="15550001111")
+        expect(row).to_contain_text("api")
+        expect(row.locator("td.field-message_count")).to_have_text("2")
+        admin_browser.screenshot(page, "conversations")
+        row.locator("th a").click()
+        expect(page).to_have_url(
+            re.compile(rf"/admin/conversations/conversation/{conversation.pk}/change/")
+        )
+        messages = page.locator("#messages-group tbody tr.has_original")
+        expect(messages).to_have_count(2)
+        expect(messages.nth(0).locator("td.field-role")).to_have_text("User")
+        expect(messages.nth(0).locator("td.field-content")).to_have_text(
+            "Where is my order 4471?"
+        )
+        expect(messages.nth(1).locator("td.field-role")).to_have_text("Assistant")
+        expect(messages.nth(1).locator("td.field-content")).to_have_text(reply.content)
+        expect(messages.nth(1).locator("td.field-model")).to_have_text("gpt-4o-mini")
+        admin_browser.screenshot(page, "conversation")
+
+    admin_browser.run(steps)
+    assert Message.objects.filter(conversation=conversation).count() == 2
