@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 
 from vocoeng.admin import SecretFieldsAdminMixin
+from vocoeng.models import Tenant
 
 from .models import AICall, Conversation, HttpTool, KnowledgeEntry, Message
+from .selectors import spend_by_tenant_month_model
 
 
 class MessageInline(admin.TabularInline):
@@ -31,11 +36,12 @@ class ConversationAdmin(admin.ModelAdmin):
     list_display = (
         "external_user_id",
         "channel",
+        "account",
         "tenant",
         "message_count",
         "last_activity",
     )
-    list_filter = ("channel", "tenant")
+    list_filter = ("channel", "tenant", "account")
     search_fields = ("external_user_id", "last_message")
     readonly_fields = ("created_at",)
     inlines = [MessageInline]
@@ -74,9 +80,34 @@ class AICallAdmin(admin.ModelAdmin):
         "cost",
         "latency_ms",
     )
-    list_filter = ("status", "provider", "model")
+    list_filter = ("status", "tenant", "provider", "model")
     search_fields = ("ref",)
     raw_id_fields = ("message",)
+    date_hierarchy = "created_at"
+
+    def get_urls(self) -> list[URLPattern]:
+        spend = path(
+            "spend/",
+            self.admin_site.admin_view(self.spend_view),
+            name="conversations_aicall_spend",
+        )
+        return [spend, *super().get_urls()]
+
+    def spend_view(self, request: HttpRequest) -> HttpResponse:
+        """Show AI spend per tenant per month per model, with the budgets."""
+        budgets = dict(Tenant.objects.values_list("slug", "monthly_budget"))
+        rows = spend_by_tenant_month_model()
+        for row in rows:
+            row["budget"] = budgets.get(row["tenant__slug"])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "AI spend per tenant and month",
+            "opts": self.model._meta,
+            "rows": rows,
+        }
+        return TemplateResponse(
+            request, "admin/conversations/aicall/spend.html", context
+        )
 
 
 @admin.register(HttpTool)

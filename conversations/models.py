@@ -163,6 +163,8 @@ class AICall(models.Model):
 
     class Meta:
         verbose_name = "AI call"
+        # The spend guard sums a tenant's month.
+        indexes = [models.Index(fields=["tenant", "created_at"])]
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} #{self.attempt} {self.status}"

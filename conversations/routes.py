@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from vocoeng.api import errors_text
-from vocoeng.models import Tenant
+from vocoeng.models import Channel, Tenant
 from vocoeng.routing import PermanentMessageError
 from vocoeng.services import tenant_get_default
 
@@ -31,10 +31,13 @@ def inbound_validate(data: Any) -> dict[str, Any]:
     return dict(serializer.validated_data)
 
 
-def inbound_store(*, data: Any, tenant: Tenant | None = None) -> tuple[Message, bool]:
+def inbound_store(
+    *, data: Any, tenant: Tenant | None = None, account: Channel | None = None
+) -> tuple[Message, bool]:
     """Validate and store an inbound chat message, once per message_id."""
     valid = inbound_validate(data)
     return message_receive(
+        account=account,
         tenant=tenant or tenant_get_default(),
         channel=valid["source"],
         user_id=valid["user_id"],
@@ -54,6 +57,22 @@ def reply_chain(message: Message) -> Signature:
     )
 
 
+def _account(attributes: dict[str, str], tenant: Tenant | None) -> Channel | None:
+    """Return the channel named by the ``channel_id`` attribute, if any."""
+    channel_id = attributes.get("channel_id")
+    if not channel_id:
+        return None
+    if not str(channel_id).isdigit():
+        raise PermanentMessageError(f"channel_id {channel_id!r} is not a number")
+    found = Channel.objects.select_related("tenant").filter(pk=int(channel_id))
+    if tenant is not None:
+        found = found.filter(tenant=tenant)
+    account = found.first()
+    if account is None:
+        raise PermanentMessageError(f"unknown channel_id {channel_id!r}")
+    return account
+
+
 def chat_message(*, data: Any, attributes: dict[str, str]) -> Signature | None:
     """Store the message and return its reply chain; None for a duplicate."""
     tenant = None
@@ -61,7 +80,10 @@ def chat_message(*, data: Any, attributes: dict[str, str]) -> Signature | None:
         tenant = Tenant.objects.filter(slug=slug).first()
         if tenant is None:
             raise PermanentMessageError(f"unknown tenant {slug!r}")
-    message, _created = inbound_store(data=data, tenant=tenant)
+    account = _account(attributes, tenant)
+    if account is not None:
+        tenant = account.tenant
+    message, _created = inbound_store(data=data, tenant=tenant, account=account)
     if not message_needs_reply(message):
         return None
     return reply_chain(message)
@@ -198,6 +220,7 @@ def _conversations_for(
             tenant_id__in={t for t, _, _ in wanted},
             channel__in={c for _, c, _ in wanted},
             external_user_id__in={u for _, _, u in wanted},
+            account__isnull=True,
         )
         return {(c.tenant_id, c.channel, c.external_user_id): c for c in rows}
 
@@ -228,6 +251,11 @@ def chat_message_batch(
 
     for i, (data, attributes) in enumerate(items):
         try:
+            if attributes.get("channel_id"):
+                # A channel account's message: rare on the bus; stored alone.
+                with transaction.atomic():
+                    results[i] = chat_message(data=data, attributes=attributes)
+                continue
             if slug := attributes.get("tenant"):
                 tenant = tenants.get(slug)
                 if tenant is None:

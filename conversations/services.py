@@ -13,10 +13,12 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from vocoeng import bus
+from vocoeng.channels import agent_for
 from vocoeng.limits import rate_limit_parse
-from vocoeng.models import Tenant
+from vocoeng.models import Channel, Tenant
 
 from .agent import agent_generate
+from .budget import BudgetExceeded, SpendGuard, ledger_fields
 from .delivery import DeliveryError, adapter_for
 from .models import AICall, Conversation, Message
 from .providers import AIUnavailable, Attempt, ChatTurn
@@ -35,6 +37,7 @@ def message_receive(
     timestamp: datetime | None = None,
     metadata: dict[str, Any] | None = None,
     status: str = Message.Status.RECEIVED,
+    account: Channel | None = None,
 ) -> tuple[Message, bool]:
     """Store an inbound message once per (channel, external id).
 
@@ -53,7 +56,10 @@ def message_receive(
     try:
         with transaction.atomic():
             conversation, _ = Conversation.objects.get_or_create(
-                tenant=tenant, channel=channel, external_user_id=user_id
+                tenant=tenant,
+                channel=channel,
+                account=account,
+                external_user_id=user_id,
             )
             message = Message.objects.create(
                 conversation=conversation,
@@ -121,21 +127,7 @@ def ai_call_record(
 ) -> AICall:
     """Record one model attempt in the usage ledger (chat replies and pipeline)."""
     return AICall.objects.create(
-        tenant_id=tenant_id,
-        message=message,
-        ref=ref,
-        provider=attempt.provider,
-        model=attempt.model,
-        attempt=attempt.attempt,
-        status=AICall.Status.SUCCEEDED if attempt.ok else AICall.Status.FAILED,
-        transient=attempt.transient,
-        http_status=attempt.http_status,
-        error=attempt.error[:2000],
-        prompt_tokens=attempt.prompt_tokens,
-        completion_tokens=attempt.completion_tokens,
-        total_tokens=attempt.prompt_tokens + attempt.completion_tokens,
-        cost=attempt.cost,
-        latency_ms=attempt.latency_ms,
+        tenant_id=tenant_id, message=message, ref=ref, **ledger_fields(attempt)
     )
 
 
@@ -182,31 +174,49 @@ def reply_generate(*, message_id: Any) -> Message | None:
             return existing
         logger.info("idempotent_skip message=%s status=%s", inbound.id, inbound.status)
         return None
-    inbound = Message.objects.select_related("conversation").get(pk=message_id)
+    inbound = Message.objects.select_related(
+        "conversation__tenant", "conversation__account"
+    ).get(pk=message_id)
 
     started = time.monotonic()
     store = get_store()
     tenant_id = inbound.conversation.tenant_id
+    agent = agent_for(inbound.conversation.account)
+    guard = SpendGuard.for_tenant(
+        tenant=inbound.conversation.tenant,
+        ref=f"message:{inbound.id}",
+        message=inbound,
+        conversation_id=inbound.conversation_id,
+        release=_release_db_connection,
+    )
 
     def record_failure(attempt: Attempt) -> None:
         # Failed attempts are written at once (the ledger must show them even
-        # if the worker dies); the successful one goes in with the reply.
-        if not attempt.ok:
+        # if the worker dies); the successful one goes in with the reply. With
+        # a spend guard every attempt was admitted with a row it completes.
+        if guard is not None:
+            guard.after(attempt)
+        elif not attempt.ok:
             _record_attempt(inbound, tenant_id, attempt)
 
     try:
-        history = store.history(inbound=inbound, limit=settings.AI_HISTORY_MESSAGES)
+        history = store.history(inbound=inbound, limit=agent.history_length)
         turns = [*history, ChatTurn(role="user", content=inbound.content)]
         _release_db_connection()
         completion = agent_generate(
-            system=settings.AI_SYSTEM_PROMPT,
+            system=agent.system_prompt,
             messages=turns,
-            tools=list(settings.AI_TOOLS),
+            tools=agent.tools,
             tenant_id=tenant_id,
-            agent_id="default",
+            agent_id=agent.agent_id,
             ref=f"message:{inbound.id}",
+            providers=agent.providers,
+            models=agent.models,
             on_attempt=record_failure,
+            before_attempt=guard.before if guard is not None else None,
         )
+    except BudgetExceeded as exc:
+        return _reply_over_budget(inbound, exc.reason)
     except StoreError:
         # Put the claim back so the task's retry can take it again.
         Message.objects.filter(pk=inbound.pk).update(status=Message.Status.RECEIVED)
@@ -238,8 +248,9 @@ def reply_generate(*, message_id: Any) -> Message | None:
                 processing_time_ms=elapsed_ms,
                 metadata={"attempts": len(completion.attempts)},
             )
-            # Tool rounds make several successful calls; each is spend.
-            for attempt in completion.attempts:
+            # Tool rounds make several successful calls; each is spend. (A
+            # spend guard has ledgered them already.)
+            for attempt in completion.attempts if guard is None else ():
                 if attempt.ok:
                     _record_attempt(inbound, tenant_id, attempt)
             Message.objects.filter(pk=inbound.pk).update(status=Message.Status.REPLIED)
@@ -261,6 +272,43 @@ def reply_generate(*, message_id: Any) -> Message | None:
         reply.model,
         reply.total_tokens,
         elapsed_ms,
+    )
+    return reply
+
+
+def _reply_over_budget(inbound: Message, reason: str) -> Message | None:
+    """Mark a message over budget; return the tenant's fallback reply, if any.
+
+    The message keeps status ``over_budget`` with the reason (the admin lists
+    them); the fallback text goes out as a normal reply, without a model call.
+    """
+    text = inbound.conversation.tenant.over_budget_text
+    try:
+        with transaction.atomic():
+            Message.objects.filter(pk=inbound.pk).update(
+                status=Message.Status.OVER_BUDGET, error=reason[:2000]
+            )
+            if not text:
+                logger.warning("reply_over_budget message=%s sent=none", inbound.id)
+                return None
+            reply = Message.objects.create(
+                conversation=inbound.conversation,
+                channel=inbound.channel,
+                role=Message.Role.ASSISTANT,
+                content=text,
+                status=Message.Status.PENDING,
+                reply_to=inbound,
+                metadata={"over_budget": True, "reason": reason[:500]},
+            )
+            Conversation.objects.filter(pk=inbound.conversation_id).update(
+                message_count=F("message_count") + 1,
+                last_response=text,
+                last_activity=timezone.now(),
+            )
+    except IntegrityError:
+        return Message.objects.get(reply_to=inbound)
+    logger.warning(
+        "reply_over_budget message=%s reply=%s sent=fallback", inbound.id, reply.id
     )
     return reply
 
@@ -299,7 +347,7 @@ def response_build(*, reply: Message) -> dict[str, Any]:
 
 def _load_reply(reply_id: Any) -> Message:
     return Message.objects.select_related(
-        "reply_to__conversation__tenant", "conversation"
+        "reply_to__conversation__tenant", "conversation__account"
     ).get(pk=reply_id, role=Message.Role.ASSISTANT)
 
 
@@ -428,14 +476,17 @@ def message_status_update(
     return changed
 
 
-def message_rate_limited(*, tenant: Tenant, channel: str, user_id: str) -> bool:
-    """Return whether the sender used up AI_USER_RATE_LIMIT in its window.
+def message_rate_limited(
+    *, tenant: Tenant, channel: str, user_id: str, account: Channel | None = None
+) -> bool:
+    """Return whether the sender used up its rate limit in its window.
 
-    Counts the sender's messages that went (or are going) to the model; stored
-    but ignored or rate-limited ones do not count. Concurrent deliveries may
+    The limit is the channel account's, else AI_USER_RATE_LIMIT. Counts the
+    sender's messages that went (or are going) to the model; stored but
+    ignored or rate-limited ones do not count. Concurrent deliveries may
     overshoot by a few: this caps spend, it is not a quota.
     """
-    limit = rate_limit_parse(settings.AI_USER_RATE_LIMIT)
+    limit = rate_limit_parse(agent_for(account).rate_limit)
     if limit is None:
         return False
     count, seconds = limit
@@ -444,6 +495,7 @@ def message_rate_limited(*, tenant: Tenant, channel: str, user_id: str) -> bool:
         Message.objects.filter(
             conversation__tenant=tenant,
             conversation__channel=channel,
+            conversation__account=account,
             conversation__external_user_id=user_id,
             role=Message.Role.USER,
             created_at__gte=since,

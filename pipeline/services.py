@@ -180,6 +180,7 @@ def run_aggregate(
         schema=prompts.AGGREGATE_SCHEMA,
         step_id=step.pk,
         tenant_id=run.tenant_id,
+        tenant=run.tenant,
         ref=f"run:{run.pk}:{AGGREGATE}",
         deadline=deadline,
     )

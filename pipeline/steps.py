@@ -155,7 +155,7 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
     # One query for the step and its run; the run alone only when the step
     # is missing, to tell the two cases apart.
     step = (
-        StepProgress.objects.select_related("run")
+        StepProgress.objects.select_related("run__tenant")
         .filter(run_id=run_id, name=name)
         .first()
     )
@@ -241,6 +241,7 @@ def _compute(
         schema=schema,
         step_id=step.pk,
         tenant_id=run.tenant_id,
+        tenant=run.tenant,
         ref=ref,
         deadline=deadline,
     )

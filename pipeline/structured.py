@@ -18,8 +18,10 @@ import jsonschema
 from django.db.models import F
 
 from conversations import providers
+from conversations.budget import BudgetExceeded, SpendGuard
 from conversations.providers import AIUnavailable, Attempt, ChatTurn, Completion
 from conversations.services import ai_call_record
+from vocoeng.models import Tenant
 
 from . import prompts
 from .models import StepProgress
@@ -87,13 +89,16 @@ def _validator(schema: dict[str, Any]) -> Any:
 
 
 def _recorder(
-    *, step_id: int, tenant_id: int | None, ref: str
+    *, step_id: int, tenant_id: int | None, ref: str, guard: SpendGuard | None
 ) -> Callable[[Attempt], None]:
     """Return an on_attempt callback writing the ledger row and step usage."""
 
     def record(attempt: Attempt) -> None:
         tokens = attempt.prompt_tokens + attempt.completion_tokens
-        ai_call_record(attempt=attempt, ref=ref, tenant_id=tenant_id)
+        if guard is not None:
+            guard.after(attempt)  # completes the row it admitted the attempt with
+        else:
+            ai_call_record(attempt=attempt, ref=ref, tenant_id=tenant_id)
         if tokens or attempt.cost:
             StepProgress.objects.filter(pk=step_id).update(
                 prompt_tokens=F("prompt_tokens") + attempt.prompt_tokens,
@@ -110,6 +115,7 @@ def _call_with_deadline(
     turns: list[ChatTurn],
     on_attempt: Callable[[Attempt], None],
     deadline: float,
+    guard: SpendGuard | None = None,
 ) -> Completion:
     """Call the model, giving up at ``deadline`` (a ``time.monotonic()`` value).
 
@@ -123,8 +129,12 @@ def _call_with_deadline(
             system=prompts.SYSTEM,
             messages=turns,
             on_attempt=on_attempt,
+            before_attempt=guard.before if guard is not None else None,
             deadline=deadline,
         )
+    except BudgetExceeded as error:
+        # Permanent for this run: a retry minutes later would be refused too.
+        raise StepError(error.reason, retryable=False) from error
     except AIUnavailable as error:
         if error.deadline_exceeded:
             raise StepError(
@@ -141,15 +151,20 @@ def generate_json(
     tenant_id: int | None,
     ref: str,
     deadline: float,
+    tenant: Tenant | None = None,
 ) -> JsonAnswer:
     """Return the model's validated JSON answer to ``prompt``, repaired once.
 
     Raises StepError when the model is unavailable, the deadline passes, or
     the answer is still not valid after one repair call.
     """
-    on_attempt = _recorder(step_id=step_id, tenant_id=tenant_id, ref=ref)
+    # The tenant's budget is checked before every attempt (tenant given).
+    guard = SpendGuard.for_tenant(tenant=tenant, ref=ref) if tenant else None
+    on_attempt = _recorder(step_id=step_id, tenant_id=tenant_id, ref=ref, guard=guard)
     turns = [ChatTurn(role="user", content=prompt)]
-    first = _call_with_deadline(turns=turns, on_attempt=on_attempt, deadline=deadline)
+    first = _call_with_deadline(
+        turns=turns, on_attempt=on_attempt, deadline=deadline, guard=guard
+    )
     try:
         data = parse_json(first.text, schema)
         return JsonAnswer(data, first.provider, first.model, [first])
@@ -160,7 +175,9 @@ def generate_json(
         ChatTurn(role="assistant", content=first.text or "(empty)"),
         ChatTurn(role="user", content=prompts.repair_prompt(problem=problem)),
     ]
-    second = _call_with_deadline(turns=turns, on_attempt=on_attempt, deadline=deadline)
+    second = _call_with_deadline(
+        turns=turns, on_attempt=on_attempt, deadline=deadline, guard=guard
+    )
     try:
         data = parse_json(second.text, schema)
     except ValueError as exc:

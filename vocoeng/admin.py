@@ -6,7 +6,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 
-from .models import ApiKey, BusMessage, DeadLetter, ProcessedMessage, Tenant
+from .models import (
+    ApiKey,
+    BusMessage,
+    Channel,
+    DeadLetter,
+    ProcessedMessage,
+    Tenant,
+)
 
 
 class SecretFieldsAdminMixin:
@@ -20,13 +27,12 @@ class SecretFieldsAdminMixin:
     secret_fields: tuple[str, ...] = ()
 
     def get_form(self, request: Any, obj: Any = None, change: bool = False, **kwargs):
-        if kwargs.get("fields") is None and (self.fieldsets or self.fields):
-            # The "clear" boxes are form-only fields the model form must not see.
-            kwargs["fields"] = [
-                f
-                for f in flatten_fieldsets(self.get_fieldsets(request, obj))
-                if not f.endswith("__clear")
-            ]
+        # The "clear" boxes are form-only fields the model form must not see.
+        fields = kwargs.get("fields")
+        if fields is None and (self.fieldsets or self.fields):
+            fields = flatten_fieldsets(self.get_fieldsets(request, obj))
+        if fields is not None:
+            kwargs["fields"] = [f for f in fields if not f.endswith("__clear")]
         form = super().get_form(request, obj, change=change, **kwargs)
         for name in self.secret_fields:
             if name not in form.base_fields:
@@ -85,11 +91,91 @@ class ApiKeyInline(admin.TabularInline):
     readonly_fields = ("prefix", "created_at", "last_used_at")
 
 
+class ChannelInline(admin.TabularInline):
+    """List a tenant's channels; secrets are edited on the channel's own page."""
+
+    model = Channel
+    extra = 0
+    can_delete = False
+    fields = ("name", "kind", "phone_number_id", "is_active")
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "created_at")
+    list_display = ("slug", "name", "monthly_budget", "spend_this_month", "created_at")
     search_fields = ("slug", "name")
-    inlines = [ApiKeyInline]
+    fields = (
+        "slug",
+        "name",
+        "monthly_budget",
+        "spend_this_month",
+        "daily_token_cap",
+        "over_budget_text",
+        "created_at",
+    )
+    readonly_fields = ("spend_this_month", "created_at")
+    inlines = [ChannelInline, ApiKeyInline]
+
+    @admin.display(description="AI spend this month")
+    def spend_this_month(self, obj: Tenant) -> str:
+        # Ledger totals live in conversations; the admin may read across apps.
+        from conversations.budget import tenant_month_spend
+
+        if obj.pk is None:
+            return "-"
+        return str(tenant_month_spend(tenant_id=obj.pk))
+
+
+@admin.register(Channel)
+class ChannelAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
+    """Channels with their credentials (write-only) and agent settings."""
+
+    secret_fields = (
+        "access_token",
+        "app_secret",
+        "verify_token",
+        "aisensy_webhook_secret",
+        "aisensy_api_key",
+    )
+    list_display = ("name", "tenant", "kind", "phone_number_id", "is_active")
+    list_filter = ("kind", "is_active", "tenant")
+    search_fields = ("name", "phone_number_id", "tenant__slug")
+    readonly_fields = ("created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("tenant", "name", "kind", "is_active")}),
+        (
+            "WhatsApp Cloud API",
+            {
+                "fields": (
+                    "phone_number_id",
+                    "access_token",
+                    "app_secret",
+                    "verify_token",
+                ),
+            },
+        ),
+        ("AiSensy", {"fields": ("aisensy_webhook_secret", "aisensy_api_key")}),
+        ("Outbound API", {"fields": ("api_base",)}),
+        (
+            "Agent",
+            {
+                "fields": (
+                    "system_prompt",
+                    "providers",
+                    "provider_models",
+                    "history_length",
+                    "tools",
+                    "rate_limit",
+                ),
+            },
+        ),
+        (None, {"fields": ("created_at", "updated_at")}),
+    )
 
 
 @admin.register(ApiKey)

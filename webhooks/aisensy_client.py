@@ -16,12 +16,18 @@ from .whatsapp_client import WhatsAppConfig, send
 DIRECT_PATH = "/direct-apis/t1/messages"
 
 
-def aisensy_send(*, body: dict[str, Any]) -> str:
-    """Send one message through AiSensy and return its id; raise WhatsAppError."""
-    base = settings.AISENSY_API_BASE.rstrip("/") + DIRECT_PATH
+def aisensy_send(
+    *, body: dict[str, Any], api_key: str | None = None, api_base: str | None = None
+) -> str:
+    """Send one message through AiSensy and return its id; raise WhatsAppError.
+
+    ``api_key`` / ``api_base`` are a channel account's; the environment's
+    AISENSY_API_KEY / AISENSY_API_BASE otherwise.
+    """
+    base = (api_base or settings.AISENSY_API_BASE).rstrip("/") + DIRECT_PATH
     config = WhatsAppConfig(
         api_base=base.rsplit("/", 2)[0],
-        access_token=settings.AISENSY_API_KEY,
+        access_token=settings.AISENSY_API_KEY if api_key is None else api_key,
         timeout=settings.WHATSAPP_TIMEOUT_SECONDS,
     )
     # send() appends "/{id}/messages": the direct path ends ".../t1/messages".

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from django.conf import settings
 
@@ -38,10 +39,20 @@ class WhatsAppDelivery:
     """Send a reply as text through the Cloud API; template outside 24 h."""
 
     def deliver(self, reply: Message) -> DeliveryResult:
+        # A channel account answers with its own token and number.
+        account = reply.conversation.account
         config = WhatsAppConfig.from_settings()
+        if account is not None:
+            config = replace(
+                config,
+                access_token=account.access_token,
+                api_base=(account.api_base or config.api_base).rstrip("/"),
+            )
         inbound = reply.reply_to
-        phone_id = (inbound.metadata.get("phone_number_id") if inbound else "") or (
-            settings.WHATSAPP_PHONE_NUMBER_ID
+        phone_id = (
+            (inbound.metadata.get("phone_number_id") if inbound else "")
+            or (account.phone_number_id if account is not None else "")
+            or settings.WHATSAPP_PHONE_NUMBER_ID
         )
         if not config.access_token or not phone_id:
             logger.info("whatsapp_delivery_logged reply=%s (no credentials)", reply.pk)
@@ -88,13 +99,24 @@ class AiSensyDelivery:
     """Send a reply as text through AiSensy's direct API."""
 
     def deliver(self, reply: Message) -> DeliveryResult:
-        if not settings.AISENSY_API_KEY:
+        account = reply.conversation.account
+        api_key = (
+            settings.AISENSY_API_KEY if account is None else account.aisensy_api_key
+        )
+        api_base = (account.api_base if account is not None else "") or (
+            settings.AISENSY_API_BASE
+        )
+        if not api_key:
             logger.info("aisensy_delivery_logged reply=%s (no API key)", reply.pk)
             return DeliveryResult(
                 status="logged", error="AiSensy API key not configured"
             )
         try:
-            external = aisensy_send(body=text_body(to=_to(reply), text=reply.content))
+            external = aisensy_send(
+                body=text_body(to=_to(reply), text=reply.content),
+                api_key=api_key,
+                api_base=api_base,
+            )
         except WhatsAppError as exc:
             if exc.code == OUTSIDE_WINDOW or not exc.transient:
                 return DeliveryResult(status="failed", error=str(exc))

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import router
 from django.db.models import F
 from django.db.models.constants import OnConflict
@@ -28,8 +27,10 @@ from django.utils.dateparse import parse_datetime
 from conversations.models import Conversation, Message
 from conversations.routes import inbound_validate, reply_chain
 from conversations.serializers import SOURCES
-from conversations.services import message_rate_limited, rate_limit_parse
-from vocoeng.models import Tenant
+from conversations.services import message_rate_limited
+from vocoeng.channels import agent_for
+from vocoeng.limits import rate_limit_parse
+from vocoeng.models import Channel, Tenant
 from vocoeng.routing import PermanentMessageError
 from vocoeng.services import DEFAULT_TENANT_SLUG, tenant_get_default
 
@@ -138,23 +139,38 @@ def _row(item: InboundItem, *, source: str, received_at: str) -> _Row:
     )
 
 
-def _conversations(*, source: str, users: set[str]) -> dict[str, tuple[int, int]]:
-    """Return ``user -> (conversation id, tenant id)``, creating missing ones."""
+def _conversations(
+    *, source: str, users: set[str], account: Channel | None
+) -> dict[str, tuple[int, int]]:
+    """Return ``user -> (conversation id, tenant id)``, creating missing ones.
+
+    On a channel account the conversations are the account's; on the default
+    channel they are the default tenant's.
+    """
+    if account is None:
+        scope = Conversation.objects.filter(
+            tenant__slug=DEFAULT_TENANT_SLUG, channel=source, account__isnull=True
+        )
+    else:
+        scope = Conversation.objects.filter(account=account)
 
     def read() -> dict[str, tuple[int, int]]:
-        rows = Conversation.objects.filter(
-            tenant__slug=DEFAULT_TENANT_SLUG,
-            channel=source,
-            external_user_id__in=users,
-        ).values_list("external_user_id", "pk", "tenant_id")
+        rows = scope.filter(external_user_id__in=users).values_list(
+            "external_user_id", "pk", "tenant_id"
+        )
         return {user: (pk, tenant_id) for user, pk, tenant_id in rows}
 
     found = read()
     if missing := users - found.keys():
-        tenant = tenant_get_default()
+        tenant_id = tenant_get_default().pk if account is None else account.tenant_id
         Conversation.objects.bulk_create(
             [
-                Conversation(tenant=tenant, channel=source, external_user_id=user)
+                Conversation(
+                    tenant_id=tenant_id,
+                    channel=source,
+                    account=account,
+                    external_user_id=user,
+                )
                 for user in sorted(missing)
             ],
             ignore_conflicts=True,
@@ -250,7 +266,11 @@ def _conflicts(rows: list[_Row], *, source: str, result: IngestResult) -> None:
 
 
 def messages_ingest(
-    *, items: list[InboundItem], source: str, received_at: str
+    *,
+    items: list[InboundItem],
+    source: str,
+    received_at: str,
+    account: Channel | None = None,
 ) -> IngestResult:
     """Store a delivery's inbound messages once each; run inside a transaction.
 
@@ -268,8 +288,11 @@ def messages_ingest(
             result.problems.append(f"{item.message_id}: {exc.reason}")
     if not rows:
         return result
-    conversations = _conversations(source=source, users={r.user_id for r in rows})
-    if rate_limit_parse(settings.AI_USER_RATE_LIMIT) is None:
+    conversations = _conversations(
+        source=source, users={r.user_id for r in rows}, account=account
+    )
+    limit = agent_for(account).rate_limit
+    if rate_limit_parse(limit) is None:
         _store(rows, source=source, conversations=conversations, result=result)
         return result
     # AI_USER_RATE_LIMIT counts stored messages: a sender's earlier messages
@@ -284,7 +307,10 @@ def messages_ingest(
             batch = []
         _, tenant_id = conversations[row.user_id]
         if message_rate_limited(
-            tenant=Tenant(pk=tenant_id), channel=source, user_id=row.user_id
+            tenant=Tenant(pk=tenant_id),
+            channel=source,
+            user_id=row.user_id,
+            account=account,
         ):
             row.status = Message.Status.RATE_LIMITED
         batch.append(row)

@@ -5,38 +5,83 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('conversations', '0001_initial'),
-        ('vocoeng', '0003_tenant_budget_channel'),
+        ("conversations", "0001_initial"),
+        ("vocoeng", "0003_tenant_budget_channel"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='conversation',
-            name='conversation_unique_user',
+            model_name="conversation",
+            name="conversation_unique_user",
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='account',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='conversations', to='vocoeng.channel', verbose_name='channel account'),
+            model_name="conversation",
+            name="account",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="conversations",
+                to="vocoeng.channel",
+                verbose_name="channel account",
+            ),
         ),
         migrations.AlterField(
-            model_name='aicall',
-            name='status',
-            field=models.CharField(choices=[('started', 'Started'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], max_length=16),
+            model_name="aicall",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("started", "Started"),
+                    ("succeeded", "Succeeded"),
+                    ("failed", "Failed"),
+                ],
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='message',
-            name='status',
-            field=models.CharField(choices=[('received', 'Received'), ('processing', 'Processing'), ('replied', 'Replied'), ('failed', 'Failed'), ('rate_limited', 'Rate Limited'), ('over_budget', 'Over Budget'), ('ignored', 'Ignored'), ('pending', 'Pending'), ('sending', 'Sending'), ('sent', 'Sent'), ('delivered', 'Delivered'), ('read', 'Read'), ('logged', 'Logged')], db_index=True, max_length=16),
+            model_name="message",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("received", "Received"),
+                    ("processing", "Processing"),
+                    ("replied", "Replied"),
+                    ("failed", "Failed"),
+                    ("rate_limited", "Rate Limited"),
+                    ("over_budget", "Over Budget"),
+                    ("ignored", "Ignored"),
+                    ("pending", "Pending"),
+                    ("sending", "Sending"),
+                    ("sent", "Sent"),
+                    ("delivered", "Delivered"),
+                    ("read", "Read"),
+                    ("logged", "Logged"),
+                ],
+                db_index=True,
+                max_length=16,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='conversation',
-            constraint=models.UniqueConstraint(condition=models.Q(('account__isnull', True)), fields=('tenant', 'channel', 'external_user_id'), name='conversation_unique_user'),
+            model_name="conversation",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("account__isnull", True)),
+                fields=("tenant", "channel", "external_user_id"),
+                name="conversation_unique_user",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='conversation',
-            constraint=models.UniqueConstraint(condition=models.Q(('account__isnull', False)), fields=('account', 'external_user_id'), name='conversation_unique_account_user'),
+            model_name="conversation",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("account__isnull", False)),
+                fields=("account", "external_user_id"),
+                name="conversation_unique_account_user",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="aicall",
+            index=models.Index(
+                fields=["tenant", "created_at"], name="conversatio_tenant__996a99_idx"
+            ),
         ),
     ]

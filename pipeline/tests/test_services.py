@@ -214,3 +214,20 @@ def test_resume_redoes_only_the_unfinished_steps(scripted) -> None:
     assert model.count("review:engineer") == 3  # answer + repair, then one
     assert model.count("aggregate") == 2
     assert services.run_resume(run_id=run.pk) is None  # succeeded: nothing to redo
+
+
+def test_an_exhausted_tenant_budget_fails_the_step_without_a_model_call(
+    scripted, settings
+) -> None:
+    settings.MAX_RETRIES_PER_PERSONA = 3  # not retried all the same
+    model = scripted()
+    tenant = tenant_get_default()
+    tenant.monthly_budget = 0
+    tenant.save()
+    run = _run()
+    outcome = steps.step_execute(run_id=run.pk, name="expand", failures=0)
+    assert outcome.action == "done" and outcome.status == "failed"
+    step = run.steps.get(name="expand")
+    assert "monthly AI budget" in step.error
+    assert model.count("expand") == 0
+    assert not AICall.objects.exists()

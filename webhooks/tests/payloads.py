@@ -124,13 +124,15 @@ def _msg(user: str, kind: str, fields: dict[str, Any], id: str | None = None) ->
 def notification(
     messages: list[dict] = (),  # type: ignore[assignment]
     statuses: list[dict] = (),  # type: ignore[assignment]
+    *,
+    phone_number_id: str = PHONE_NUMBER_ID,
 ) -> dict[str, Any]:
     """Wrap messages and statuses in one entry/change, as Meta does."""
     value: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "metadata": {
             "display_phone_number": DISPLAY_NUMBER,
-            "phone_number_id": PHONE_NUMBER_ID,
+            "phone_number_id": phone_number_id,
         },
     }
     users = sorted({m["from"] for m in messages})

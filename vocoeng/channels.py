@@ -1,0 +1,152 @@
+"""Find the channel a delivery belongs to, and the agent settings it uses.
+
+A channel row (admin-managed) is a tenant's WhatsApp number, AiSensy account or
+API source. The environment's ``WHATSAPP_*`` / ``AISENSY_*`` variables are the
+default channel of the default tenant; it is represented by ``None`` here, so
+a one-number set-up needs no row at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from .models import Channel, Tenant
+
+
+class UnknownChannel(Exception):
+    """No channel (and not the default one) matches what a delivery names."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Agent:
+    """The agent settings of a channel, with the environment's as defaults."""
+
+    agent_id: str
+    system_prompt: str
+    providers: list[str] | None  # None: AI_PROVIDER then AI_FALLBACK
+    models: dict[str, str] = field(default_factory=dict)
+    history_length: int = 20
+    tools: list[str] = field(default_factory=list)
+    rate_limit: str = ""
+
+
+def agent_for(channel: Channel | None) -> Agent:
+    """Return the agent settings of ``channel`` (None: the default channel)."""
+    if channel is None:
+        return Agent(
+            agent_id="default",
+            system_prompt=settings.AI_SYSTEM_PROMPT,
+            providers=None,
+            history_length=settings.AI_HISTORY_MESSAGES,
+            tools=list(getattr(settings, "AI_TOOLS", [])),
+            rate_limit=settings.AI_USER_RATE_LIMIT,
+        )
+    return Agent(
+        agent_id=f"channel:{channel.pk}",
+        system_prompt=channel.system_prompt or settings.AI_SYSTEM_PROMPT,
+        providers=list(channel.providers) or None,
+        models=dict(channel.provider_models),
+        history_length=(
+            settings.AI_HISTORY_MESSAGES
+            if channel.history_length is None
+            else channel.history_length
+        ),
+        tools=list(channel.tools),
+        rate_limit=channel.rate_limit or settings.AI_USER_RATE_LIMIT,
+    )
+
+
+def _default_whatsapp_takes(phone_number_id: str) -> bool:
+    # The environment's number answers for any id when none is configured (a
+    # one-number set-up), else only for its own id.
+    if not settings.WHATSAPP_APP_SECRET:
+        return False
+    configured = settings.WHATSAPP_PHONE_NUMBER_ID
+    return not configured or configured == phone_number_id
+
+
+def whatsapp_channels_resolve(
+    *, phone_number_ids: set[str]
+) -> dict[str, Channel | None]:
+    """Return each phone number id's channel (None: the default channel).
+
+    Raises UnknownChannel naming the ids no channel answers for.
+    """
+    rows = {
+        c.phone_number_id: c
+        for c in Channel.objects.select_related("tenant").filter(
+            kind=Channel.Kind.WHATSAPP,
+            is_active=True,
+            phone_number_id__in=phone_number_ids,
+        )
+    }
+    resolved: dict[str, Channel | None] = {}
+    unknown: list[str] = []
+    for phone_id in sorted(phone_number_ids):
+        if phone_id in rows:
+            resolved[phone_id] = rows[phone_id]
+        elif _default_whatsapp_takes(phone_id):
+            resolved[phone_id] = None
+        else:
+            unknown.append(phone_id)
+    if unknown:
+        raise UnknownChannel(f"unknown phone_number_id {', '.join(unknown)}")
+    return resolved
+
+
+def whatsapp_app_secret(channel: Channel | None) -> str:
+    """Return the app secret that signs ``channel``'s deliveries."""
+    return settings.WHATSAPP_APP_SECRET if channel is None else channel.app_secret
+
+
+def whatsapp_verify_token_valid(*, given: str) -> bool:
+    """Return whether ``given`` is the verify token of any WhatsApp channel."""
+    tokens = [settings.WHATSAPP_VERIFY_TOKEN]
+    tokens += [
+        c.verify_token
+        for c in Channel.objects.filter(kind=Channel.Kind.WHATSAPP, is_active=True)
+    ]
+    # Compare with every token (no early exit): timing says nothing about which.
+    found = False
+    for token in tokens:
+        if token and hmac.compare_digest(given.encode(), token.encode()):
+            found = True
+    return found
+
+
+def aisensy_channel_for_secret(*, given: str) -> Channel | None:
+    """Return the AiSensy channel whose webhook secret is ``given``.
+
+    None is the default channel (AISENSY_WEBHOOK_SECRET); raises UnknownChannel
+    when no secret matches.
+    """
+    match: Channel | None = None
+    found = False
+    default = settings.AISENSY_WEBHOOK_SECRET
+    if default and hmac.compare_digest(given.encode(), default.encode()):
+        found = True
+    for channel in Channel.objects.select_related("tenant").filter(
+        kind=Channel.Kind.AISENSY, is_active=True
+    ):
+        secret = channel.aisensy_webhook_secret
+        if secret and hmac.compare_digest(given.encode(), secret.encode()):
+            match, found = (match or channel), True
+    if not found:
+        raise UnknownChannel("X-AiSensy-Secret does not match")
+    return match
+
+
+def api_channel_for(*, tenant: Tenant) -> Channel | None:
+    """Return the tenant's API source channel (its agent settings), if any."""
+    return (
+        Channel.objects.filter(tenant=tenant, kind=Channel.Kind.API, is_active=True)
+        .order_by("pk")
+        .first()
+    )
