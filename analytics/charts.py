@@ -30,11 +30,13 @@ def _frame(body: list[str], *, title: str) -> str:
 
 def _x_labels(dates: list[str], step: float) -> list[str]:
     every = max(1, len(dates) // 7)
+    # Count from the last date, so today (the day people look for) is labelled.
+    last = len(dates) - 1
     return [
         f'<text x="{LEFT + step * (i + 0.5):.1f}" y="{HEIGHT - BOTTOM + 16}" '
         f'text-anchor="middle">{escape(d[5:])}</text>'
         for i, d in enumerate(dates)
-        if i % every == 0
+        if (last - i) % every == 0
     ]
 
 

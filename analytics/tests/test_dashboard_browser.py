@@ -63,6 +63,7 @@ def test_dashboard_draws_both_charts_with_the_seeded_points(
         expect(sentiment.locator("polyline")).to_have_count(2)
         admin_browser.screenshot(page, "dashboard")
         return {
+            "axis": volume.locator("text[text-anchor=middle]").all_text_contents(),
             "bars": [t.text_content() or "" for t in bars.locator("title").all()],
             "points": [t.text_content() or "" for t in points.locator("title").all()],
             "legend": sentiment.locator("text").all_text_contents(),
@@ -84,3 +85,6 @@ def test_dashboard_draws_both_charts_with_the_seeded_points(
         float(acme_today.rsplit(" ", 1)[1]) > 0 > float(globex_today.rsplit(" ", 1)[1])
     )
     assert {"acme", "globex"} <= set(drawn["legend"])
+    # 14 days labelled every other day, ending on today's bar.
+    assert len(drawn["axis"]) == 7
+    assert drawn["axis"][-1] == day[5:]

@@ -84,8 +84,10 @@ class Chromium:
         return self
 
     def _launch(self, executable: str) -> None:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
 
+        # expect() waits 5 s by default, short for a page load on a busy CI core.
+        expect.set_options(timeout=STEP_TIMEOUT_MS)
         self._playwright = sync_playwright().start()
         # launch() gives chromium a fresh temporary profile (user data dir) and
         # removes it on close: nothing is kept from an earlier run or a user.

@@ -139,3 +139,76 @@ def test_replay_while_the_broker_is_down_shows_an_error_and_records_it(
     assert delivery.error == "ConnectionError: broker down again"
     assert delivery.replays == 1
     assert queued() == 0
+
+
+def test_dead_letter_replay_enqueues_the_fixed_one_and_reports_the_other(
+    admin_browser, queued
+) -> None:
+    from vocoeng.deadletters import dead_letter_record
+    from vocoeng.models import DeadLetter, Tenant
+
+    subscription = "projects/vocoeng-test/subscriptions/vocoeng-messages"
+    chat = {
+        "source": "api",
+        "user_id": "dl-user-1",
+        "message": "hello from the bridge",
+        "message_id": "dl-msg-1",
+    }
+    # Dead-lettered while tenant "acme" did not exist yet.
+    fixable = dead_letter_record(
+        source="bridge",
+        subscription=subscription,
+        message_id="4021458311337",
+        kind="chat_message",
+        data=json.dumps(chat).encode(),
+        attributes={"kind": "chat_message", "tenant": "acme"},
+        reason="unknown tenant 'acme'",
+    )
+    broken = dead_letter_record(
+        source="bridge",
+        subscription=subscription,
+        message_id="4021458311338",
+        kind="chat_message",
+        data=b'{"source": "api", "user_id"',
+        attributes={"kind": "chat_message"},
+        reason="data is not JSON",
+    )
+    Tenant.objects.create(slug="acme", name="Acme")  # the operator's fix
+
+    def steps(page: Page) -> None:
+        page.goto("/admin/")
+        page.locator("tr.model-deadletter th a").click()
+        rows = page.locator("#result_list tbody tr")
+        expect(rows).to_have_count(2)
+        rows.filter(has_text="4021458311337").locator("th a").click()
+        expect(page.locator(".field-data_preview .readonly")).to_contain_text(
+            "hello from the bridge"
+        )
+        expect(page.locator(".field-reason .readonly")).to_have_text(
+            "unknown tenant 'acme'"
+        )
+        admin_browser.screenshot(page, "dead-letter")
+        page.go_back()
+        for letter in (fixable, broken):
+            page.check(f'input.action-select[value="{letter.pk}"]')
+        page.select_option("select[name=action]", "replay")
+        page.click("button[name=index]")
+        expect(page.locator("ul.messagelist li.info")).to_have_text(
+            "4021458311337: enqueued"
+        )
+        expect(page.locator("ul.messagelist li.error")).to_contain_text(
+            "4021458311338: still fails:"
+        )
+        admin_browser.screenshot(page, "dead-letters-replayed")
+
+    admin_browser.run(steps)
+
+    fixable.refresh_from_db()
+    broken.refresh_from_db()
+    assert fixable.replayed_at is not None
+    assert broken.replayed_at is None
+    stored = Message.objects.get(external_id="dl-msg-1")
+    assert stored.content == "hello from the bridge"
+    assert stored.conversation.tenant.slug == "acme"
+    assert queued() == 1
+    assert DeadLetter.objects.count() == 2  # kept as the record of what happened
