@@ -30,6 +30,11 @@ class MessageInline(admin.TabularInline):
     ordering = ("created_at",)
     show_change_link = True
 
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Messages come from the channels; every column here is read-only, so
+        # "Add another Message" only offered an empty row with nothing to fill.
+        return False
+
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):

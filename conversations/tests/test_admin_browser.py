@@ -57,6 +57,11 @@ def test_conversation_list_and_its_messages(admin_browser, fake_ai) -> None:
         expect(messages.nth(1).locator("td.field-role")).to_have_text("Assistant")
         expect(messages.nth(1).locator("td.field-content")).to_have_text(reply.content)
         expect(messages.nth(1).locator("td.field-model")).to_have_text("gpt-4o-mini")
+        # Messages are the channels' record: no blank row to add one by hand.
+        expect(
+            page.locator("#messages-group").get_by_text("Add another")
+        ).to_be_hidden()
+        expect(page.locator("#messages-group tr.empty-form")).to_have_count(0)
         admin_browser.screenshot(page, "conversation")
 
     admin_browser.run(steps)
