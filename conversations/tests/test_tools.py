@@ -69,7 +69,7 @@ def test_a_tool_that_raises_gives_an_error_result() -> None:
 def test_a_slow_tool_is_abandoned_at_its_timeout() -> None:
     started = time.monotonic()
     result = tool_invoke(tool=_one("test_slow"), arguments={}, context=CTX)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3  # not the 4 s the tool sleeps
     assert not result.ok
     assert result.error == "timed out after 0.3s"
 
@@ -196,7 +196,7 @@ class ToolEndpoint(LoopbackServer):
         with self.lock:
             self.seen.append((method, path, headers, body))
         if path == "/slow":
-            self.sleep(3)
+            self.sleep(5)
         if path == "/broken":
             return Reply(503, {"detail": "maintenance"})
         return Reply(200, {"order": body, "status": "shipped"})
@@ -263,7 +263,7 @@ def test_http_tool_timeout_is_honoured(endpoint) -> None:
     result = tool_invoke(
         tool=_one("order_status"), arguments={"order_id": "1"}, context=CTX
     )
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3  # not the 5 s the endpoint takes
     assert not result.ok and "timed out after 0.4s" in result.error
 
 
@@ -292,3 +292,45 @@ def test_http_tool_admin_validation(endpoint) -> None:
     with pytest.raises(ValidationError) as info:
         bad.full_clean()
     assert set(info.value.message_dict) == {"name", "parameters"}
+
+
+def test_http_tool_admin_keeps_the_secret_write_only(admin_client) -> None:
+    form = {
+        "name": "crm_lookup",
+        "description": "Find a customer",
+        "enabled": "on",
+        "method": "GET",
+        "url": "http://127.0.0.1:9/crm",
+        "parameters": '{"type": "object", "properties": {}}',
+        "timeout_seconds": "3",
+        "auth_header": "Authorization",
+        "auth_secret": "Bearer top-secret",
+    }
+    response = admin_client.post("/admin/conversations/httptool/add/", form)
+    assert response.status_code == 302, response.content[:2000]
+    row = HttpTool.objects.get(name="crm_lookup")
+    assert row.auth_secret == "Bearer top-secret"
+    page = admin_client.get(f"/admin/conversations/httptool/{row.pk}/change/")
+    assert page.status_code == 200 and b"top-secret" not in page.content
+    # Saving without typing the secret again keeps it.
+    form.update(auth_secret="", description="Find a customer by phone")
+    response = admin_client.post(
+        f"/admin/conversations/httptool/{row.pk}/change/", form
+    )
+    assert response.status_code == 302
+    row.refresh_from_db()
+    assert row.auth_secret == "Bearer top-secret"
+    assert row.description == "Find a customer by phone"
+    # A broken schema is a form error, not a 500.
+    form.update(parameters='{"type": "string"}')
+    response = admin_client.post(
+        f"/admin/conversations/httptool/{row.pk}/change/", form
+    )
+    assert response.status_code == 200 and b"object schema" in response.content
+
+
+def test_knowledge_entry_admin_lists_entries(admin_client, two_tenants) -> None:
+    page = admin_client.get("/admin/conversations/knowledgeentry/?q=deliver")
+    assert page.status_code == 200
+    assert b"Do you deliver?" in page.content
+    assert b"opening hours" not in page.content

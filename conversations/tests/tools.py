@@ -44,7 +44,7 @@ def boom() -> str:
 )
 def slow() -> str:
     ran.append({})
-    time.sleep(1.5)
+    time.sleep(4)
     return "too late"
 
 

@@ -492,6 +492,10 @@ def offered_tools(body: Mapping[str, Any]) -> list[str]:
     return [n for n in names if isinstance(n, str)]
 
 
+def _arguments_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
 def _tool_turns(messages: list[Any]) -> int:
     """Return how many assistant turns in ``messages`` asked for tools."""
     count = 0
@@ -602,13 +606,17 @@ class FakeModelServer(LoopbackServer):
         """Script replies with ``responder(path, body)``; None restores the echo.
 
         The callable returns a str (assistant text), a dict with optional
-        ``"content"`` and ``"tool_calls"`` (``[{"name", "arguments": dict}]``),
+        ``"content"`` and ``"tool_calls"`` (``[{"name", "arguments": dict}]``)
+        and ``"ignore_tool_choice"`` (keep the calls under tool_choice "none"),
         or None for the default ``"[<model>] reply to: <last user text>"``.
         """
         self._responder = responder
 
     def script_tools(
-        self, *calls: tuple[str, Mapping[str, Any]], rounds: int | None = 1
+        self,
+        *calls: tuple[str, Mapping[str, Any] | str],
+        rounds: int | None = 1,
+        ignore_tool_choice: bool = False,
     ) -> None:
         """Make the model ask for ``calls`` (``(tool name, arguments)``) in a turn.
 
@@ -616,6 +624,9 @@ class FakeModelServer(LoopbackServer):
         fewer than ``rounds`` earlier tool-calling turns (``None``: always) and
         it offers every named tool, the model asks for them; otherwise it
         answers with the default reply, which quotes the tool results it got.
+        Arguments given as a str are sent as written (broken JSON included);
+        ``ignore_tool_choice`` asks even when told not to, as some
+        OpenAI-compatible servers do.
         """
         names = [name for name, _ in calls]
 
@@ -627,9 +638,15 @@ class FakeModelServer(LoopbackServer):
                 return None
             return {
                 "tool_calls": [
-                    {"name": name, "arguments": dict(arguments)}
+                    {
+                        "name": name,
+                        "arguments": arguments
+                        if isinstance(arguments, str)
+                        else dict(arguments),
+                    }
                     for name, arguments in calls
-                ]
+                ],
+                "ignore_tool_choice": ignore_tool_choice,
             }
 
         self.set_responder(responder)
@@ -681,11 +698,14 @@ class FakeModelServer(LoopbackServer):
         for call in result.get("tool_calls") or []:
             arguments = call.get("arguments", {})
             if isinstance(arguments, str):
-                arguments = json.loads(arguments)
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    pass  # sent as written: models do emit broken JSON
             calls.append(
                 {"id": call.get("id"), "name": call["name"], "args": arguments}
             )
-        if calls and _tool_choice_none(body):
+        if calls and _tool_choice_none(body) and not result.get("ignore_tool_choice"):
             # A real model told not to call tools answers in text instead.
             calls = []
             text = text or f"[{body.get('model')}] answered without tools"
@@ -744,13 +764,13 @@ class FakeModelServer(LoopbackServer):
                     "type": "function",
                     "function": {
                         "name": call["name"],
-                        "arguments": json.dumps(call["args"]),
+                        "arguments": _arguments_text(call["args"]),
                     },
                 }
                 for call in calls
             ]
         completion_tokens = count_tokens(text) + sum(
-            count_tokens(json.dumps(c["args"])) for c in calls
+            count_tokens(_arguments_text(c["args"])) for c in calls
         )
         return Reply(
             200,
@@ -826,12 +846,12 @@ class FakeModelServer(LoopbackServer):
                 "type": "tool_use",
                 "id": call["id"] or _new_id("toolu_"),
                 "name": call["name"],
-                "input": call["args"],
+                "input": call["args"] if isinstance(call["args"], dict) else {},
             }
             for call in calls
         )
         output_tokens = count_tokens(text) + sum(
-            count_tokens(json.dumps(c["args"])) for c in calls
+            count_tokens(_arguments_text(c["args"])) for c in calls
         )
         return Reply(
             200,
