@@ -90,6 +90,12 @@ class ApiKeyInline(admin.TabularInline):
     fields = ("name", "prefix", "is_active", "created_at", "last_used_at")
     readonly_fields = ("prefix", "created_at", "last_used_at")
 
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        # As on ApiKeyAdmin: a key made here would have no prefix and no hash
+        # (unusable, and a second one broke the unique prefix: a 500). Keys
+        # come from ``manage.py create_api_key``, which prints the secret once.
+        return False
+
 
 class ChannelInline(admin.TabularInline):
     """List a tenant's channels; secrets are edited on the channel's own page."""

@@ -66,3 +66,60 @@ def test_conversation_list_and_its_messages(admin_browser, fake_ai) -> None:
 
     admin_browser.run(steps)
     assert Message.objects.filter(conversation=conversation).count() == 2
+
+
+def test_ai_spend_screen_and_tenant_spend_match_the_ledger(
+    admin_browser, fake_ai
+) -> None:
+    from decimal import Decimal
+
+    from django.db.models import Sum
+    from django.utils import timezone
+
+    from conversations.models import AICall
+
+    tenant = tenant_get_default()
+    tenant.monthly_budget = Decimal("5.00")
+    tenant.save(update_fields=["monthly_budget"])
+    fake_ai.enqueue_fault("500")  # the first attempt fails, its retry answers
+    for n in range(2):
+        inbound, _ = message_receive(
+            tenant=tenant,
+            channel="api",
+            user_id=f"spender-{n}",
+            text=f"question {n}",
+            external_id=f"spend-{n}",
+        )
+        assert reply_process_sync(message=inbound) is not None
+    calls = AICall.objects.filter(tenant=tenant)
+    assert calls.count() == 3 and calls.filter(status="failed").count() == 1
+    ledger = calls.aggregate(cost=Sum("cost"), tokens=Sum("total_tokens"))
+    assert ledger["cost"] > 0
+
+    def steps(page: Page) -> None:
+        page.goto("/admin/")
+        page.locator("tr.model-aicall th a").click()
+        expect(page.locator("#result_list tbody tr")).to_have_count(3)
+        page.get_by_role("link", name="Spend per tenant and month").click()
+        rows = page.locator("table#spend tbody tr")
+        expect(rows).to_have_count(1)
+        expect(rows.first.locator("td")).to_have_text(
+            [
+                timezone.now().strftime("%Y-%m"),
+                "default",
+                "gpt-4o-mini",
+                "3",
+                "1",
+                str(ledger["tokens"]),
+                f"{ledger['cost']:.6f}",
+                "5.00",
+            ]
+        )
+        admin_browser.screenshot(page, "spend")
+        page.goto(f"/admin/vocoeng/tenant/{tenant.pk}/change/")
+        expect(page.locator(".field-spend_this_month .readonly")).to_have_text(
+            f"{ledger['cost']:.6f}"
+        )
+        admin_browser.screenshot(page, "tenant")
+
+    admin_browser.run(steps)

@@ -98,3 +98,83 @@ def test_browsable_api_refuses_an_anonymous_visitor(browser_page) -> None:
         browser_page.screenshot(page, "api-anonymous")
 
     browser_page.run(steps)
+
+
+def test_channel_secrets_are_typed_once_and_never_sent_back(admin_browser) -> None:
+    from django.db import connection
+
+    from vocoeng.models import Channel, Tenant
+
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    token, app_secret = "EAAG-browser-live-token", "browser-app-secret-123"
+
+    def add(page: Page) -> None:
+        page.goto("/admin/vocoeng/channel/add/")
+        page.select_option("#id_tenant", str(tenant.pk))
+        page.fill("#id_name", "Support line")
+        page.select_option("#id_kind", "whatsapp")
+        page.fill("#id_phone_number_id", "555000111")
+        page.fill("#id_access_token", token)
+        page.fill("#id_app_secret", app_secret)
+        page.fill("#id_system_prompt", "Be brief.")
+        page.fill("#id_providers", '["openai"]')
+        page.fill("#id_rate_limit", "10/min")
+        page.click("input[name=_save]")
+        expect(page.locator("ul.messagelist li.success")).to_contain_text(
+            "was added successfully"
+        )
+        admin_browser.screenshot(page, "channel-added")
+
+    admin_browser.run(add)
+    channel = Channel.objects.get()
+    assert (channel.access_token, channel.app_secret) == (token, app_secret)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT access_token FROM {Channel._meta.db_table}"  # noqa: S608
+        )
+        (stored,) = cursor.fetchone()
+    assert token not in stored  # encrypted at rest
+
+    def change(page: Page) -> str:
+        page.goto(f"/admin/vocoeng/channel/{channel.pk}/change/")
+        for field in ("access_token", "app_secret"):
+            box = page.locator(f"#id_{field}")
+            expect(box).to_have_attribute("type", "password")
+            expect(box).to_have_value("")
+            expect(page.locator(f".field-{field} .help")).to_contain_text(
+                "A value is stored"
+            )
+        html = page.content()
+        admin_browser.screenshot(page, "channel")
+        # Saved with the secret boxes left empty: the stored secrets stay.
+        page.fill("#id_name", "Support line (EU)")
+        page.click("input[name=_continue]")
+        expect(page.locator("ul.messagelist li.success")).to_be_visible()
+        page.check("#id_access_token__clear")
+        page.click("input[name=_save]")
+        expect(page.locator("ul.messagelist li.success")).to_be_visible()
+        return html
+
+    html = admin_browser.run(change)
+    assert token not in html and app_secret not in html
+    channel.refresh_from_db()
+    assert channel.name == "Support line (EU)"
+    assert (channel.access_token, channel.app_secret) == ("", app_secret)
+
+    def tenant_page(page: Page) -> None:
+        page.goto(f"/admin/vocoeng/tenant/{tenant.pk}/change/")
+        channels = page.locator("#channels-group tbody tr.has_original")
+        expect(channels).to_have_count(1)
+        expect(channels.first.locator("td.field-name")).to_have_text(
+            "Support line (EU)"
+        )
+        # API keys come from create_api_key (the secret is printed once): the
+        # tenant page offers no blank key row.
+        expect(page.locator("#api_keys-group")).to_be_visible()
+        expect(
+            page.locator("#api_keys-group").get_by_text("Add another")
+        ).to_be_hidden()
+        expect(page.locator("#api_keys-group tr.empty-form")).to_have_count(0)
+        admin_browser.screenshot(page, "tenant")
+
+    admin_browser.run(tenant_page)
