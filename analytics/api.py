@@ -67,12 +67,16 @@ TENANT_PARAM = OpenApiParameter(
 )
 
 
+NO_TENANT = OpenApiResponse(description="tenant_id is unknown or not yours.")
+
+
 @extend_schema_view(
     list=extend_schema(
         parameters=[
             TENANT_PARAM,
             OpenApiParameter("event_type", str, description="Only this type."),
-        ]
+        ],
+        responses={200: VocEventSerializer(many=True), 404: NO_TENANT},
     ),
     retrieve=extend_schema(parameters=[TENANT_PARAM]),
 )
@@ -134,7 +138,10 @@ class SummaryViewSet(viewsets.ViewSet):
     tenants).
     """
 
-    @extend_schema(parameters=[SummaryQuerySerializer], responses=SummarySerializer)
+    @extend_schema(
+        parameters=[SummaryQuerySerializer],
+        responses={200: SummarySerializer, 404: NO_TENANT},
+    )
     def list(self, request: Request) -> Response:
         query = SummaryQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from vocoeng.openapi import document
-from vocoeng.routing import PermanentMessageError
+from vocoeng.routing import PermanentMessageError, decode_json
 
 from . import openapi
 from .models import Message
@@ -27,11 +25,7 @@ def process(request: HttpRequest) -> JsonResponse:
     call. For testing and demos; production traffic goes through the webhooks.
     """
     try:
-        data = json.loads(request.body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return JsonResponse({"error": f"body is not JSON: {exc}"}, status=400)
-    try:
-        message, _created = inbound_store(data=data)
+        message, _created = inbound_store(data=decode_json(request.body))
     except PermanentMessageError as exc:
         return JsonResponse({"error": exc.reason}, status=400)
     reply = Message.objects.filter(reply_to=message).first()

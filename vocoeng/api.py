@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import routers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -46,3 +49,34 @@ class ApiRootView(routers.APIRootView):
         response = super().get(request, *args, **kwargs)
         response.data["schema"] = reverse("swagger-ui", request=request)
         return response
+
+
+# Paths whose clients are machines: they get JSON errors, not HTML pages.
+JSON_PATHS = ("/api/", "/webhooks/", "/process")
+
+
+def bad_request(
+    request: HttpRequest, exception: Exception | None = None
+) -> HttpResponse:
+    """Answer a request Django refused (e.g. a body over DATA_UPLOAD_MAX_MEMORY_SIZE)
+    in JSON under the API and webhook paths, with Django's page elsewhere."""
+    if request.path.startswith(JSON_PATHS):
+        reason = (
+            "request body too large"
+            if isinstance(exception, RequestDataTooBig)
+            else "bad request"
+        )
+        return JsonResponse({"error": reason}, status=400)
+    return defaults.bad_request(request, exception)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Answer an unrouted API or webhook path in JSON, any other with Django's page.
+
+    DRF's views answer their own 404s in JSON; this covers URLs no route
+    matches (an id of the wrong shape, a typo), which Django would answer in
+    HTML. (Django shows its debug page instead when DEBUG is on.)
+    """
+    if request.path.startswith(JSON_PATHS):
+        return JsonResponse({"error": "not found"}, status=404)
+    return defaults.page_not_found(request, exception)

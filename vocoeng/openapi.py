@@ -64,6 +64,7 @@ API_ERRORS = {
     401: "No or an unknown API key.",
     403: "The caller may not do this.",
     404: "Not found (or another tenant's).",
+    415: "The body's Content-Type is not one the operation reads.",
 }
 
 
@@ -117,6 +118,8 @@ class AutoSchema(SpectacularAutoSchema):
         query = any(p.get("in") == "query" for p in self._get_parameters())
         if self.method != "GET" or query:
             codes.append(400)
+        if self.method in ("POST", "PUT", "PATCH"):
+            codes.append(415)  # a Content-Type none of the view's parsers reads
         if self.get_auth():
             codes += [401, 403]
         if "{" in self.path:

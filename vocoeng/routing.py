@@ -47,14 +47,49 @@ def route_for(kind: str) -> Route:
 
 
 def decode_json(raw: bytes | str) -> Any:
-    """Decode a message body as UTF-8 JSON or raise a permanent error saying why."""
+    """Decode a message body as UTF-8 JSON or raise a permanent error saying why.
+
+    NUL characters (``\\u0000``) in strings become U+FFFD: PostgreSQL can
+    store them in neither text nor jsonb, so one would fail every retry.
+    """
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(text)
+        data = json.loads(text)
     except UnicodeDecodeError as exc:
         raise PermanentMessageError(f"body is not UTF-8: {exc.reason}") from exc
     except json.JSONDecodeError as exc:
         raise PermanentMessageError(f"body is not JSON: {exc.msg}") from exc
+    except RecursionError as exc:  # json recurses per nesting level
+        raise PermanentMessageError("body is not JSON: nested too deeply") from exc
+    if "\\u0000" in text:
+        data = nul_replace(data)
+    return data
+
+
+def nul_replace(data: Any) -> Any:
+    """Return ``data`` with NUL in every string (keys too) replaced by U+FFFD."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("\x00", "\ufffd")
+        return value
+
+    data = clean(data)
+    # Iterative: a document nested to just under json's limit must not
+    # overflow the stack here.
+    stack: list[Any] = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for i, value in enumerate(node):
+                node[i] = clean(value)
+                stack.append(node[i])
+        elif isinstance(node, dict):
+            items = [(clean(k), clean(v)) for k, v in node.items()]
+            node.clear()
+            node.update(items)
+            stack.extend(v for _, v in items)
+    return data
 
 
 def route_message(

@@ -20,6 +20,9 @@ from .api import ApiRootView
 from .health import health, readyz
 from .metrics import metrics
 
+handler400 = "vocoeng.api.bad_request"
+handler404 = "vocoeng.api.not_found"
+
 router = DefaultRouter()
 router.APIRootView = ApiRootView
 router.register("conversations", ConversationViewSet, basename="conversation")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import uuid
 from typing import Any
@@ -32,11 +31,17 @@ def _reject(delivery: WebhookDelivery, reason: str) -> DeliveryRejected:
     return DeliveryRejected(reason)
 
 
-def api_delivery_process(*, delivery: WebhookDelivery) -> dict[str, Any]:
-    """Accept one inbound chat message for the key's tenant; return its ids."""
+def api_delivery_process(
+    *, delivery: WebhookDelivery, raw: bytes | None = None
+) -> dict[str, Any]:
+    """Accept one inbound chat message for the key's tenant; return its ids.
+
+    ``raw``: the body as received (the stored text has bad UTF-8 replaced),
+    so a body that is not UTF-8 is rejected rather than half-read.
+    """
     tenant = Tenant.objects.get(slug=delivery.headers[TENANT_HEADER])
     try:
-        data = decode_json(delivery.body.encode())
+        data = decode_json(raw if raw is not None else delivery.body.encode())
         valid = inbound_validate(data)
     except PermanentMessageError as exc:
         raise _reject(delivery, exc.reason) from exc
@@ -96,9 +101,9 @@ def _kind_for(subscription: str) -> str | None:
 
 def _envelope(delivery: WebhookDelivery) -> tuple[bytes, dict[str, str], str, str]:
     try:
-        envelope = json.loads(delivery.body)
-    except json.JSONDecodeError as exc:
-        raise _reject(delivery, f"body is not JSON: {exc.msg}") from exc
+        envelope = decode_json(delivery.body)
+    except PermanentMessageError as exc:
+        raise _reject(delivery, exc.reason) from exc
     message = envelope.get("message") if isinstance(envelope, dict) else None
     if not isinstance(message, dict):
         raise _reject(delivery, "not a Pub/Sub push envelope (no message object)")

@@ -150,8 +150,11 @@ WHATSAPP = {
         "tags": TAGS,
         "security": [{}],
         "parameters": [
-            {"name": name, "in": "query", "schema": {"type": "string"}}
-            for name in ("hub.mode", "hub.verify_token", "hub.challenge")
+            {"name": "hub.mode", "in": "query", "schema": {"enum": ["subscribe"]}},
+            *(
+                {"name": name, "in": "query", "schema": {"type": "string"}}
+                for name in ("hub.verify_token", "hub.challenge")
+            ),
         ],
         "responses": {
             "200": _text("The challenge, echoed (mode and token match)."),

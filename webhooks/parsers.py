@@ -91,6 +91,11 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    # Not ``value or []``: a stray ``true`` or ``5`` is not iterable.
+    return value if isinstance(value, list) else []
+
+
 def _describe(kind: str, body: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
     """Return (text for the model, metadata, replyable) of one message body."""
     if kind == "text":
@@ -131,11 +136,11 @@ def _describe(kind: str, body: dict[str, Any]) -> tuple[str, dict[str, Any], boo
         return text, meta, True
     if kind == "contacts":
         people = []
-        for contact in body.get("contacts") or []:
+        for contact in _list(body.get("contacts")):
             contact = _obj(contact)
             name = str(_obj(contact.get("name")).get("formatted_name") or "")
             phones = [
-                str(_obj(p).get("phone") or "") for p in contact.get("phones") or []
+                str(_obj(p).get("phone") or "") for p in _list(contact.get("phones"))
             ]
             people.append(" ".join(x for x in [name, *phones] if x))
         return f"[contacts: {'; '.join(people)}]", {"count": len(people)}, True
@@ -194,7 +199,7 @@ def _status(raw: Any, out: Notification) -> None:
         out.ignore(f"status:{status}")
         return
     error = ""
-    for err in item.get("errors") or []:
+    for err in _list(item.get("errors")):
         err = _obj(err)
         details = _obj(err.get("error_data")).get("details") or err.get("message") or ""
         error = f"{err.get('code')} {err.get('title', '')}".strip()
@@ -224,7 +229,7 @@ def parse_whatsapp(body: Any) -> Notification:
         raise NotANotification("entry is missing or not a list")
     out = Notification()
     for entry in entries:
-        for change in _obj(entry).get("changes") or []:
+        for change in _list(_obj(entry).get("changes")):
             change = _obj(change)
             name, value = str(change.get("field") or ""), _obj(change.get("value"))
             if name != "messages":
@@ -232,11 +237,11 @@ def parse_whatsapp(body: Any) -> Notification:
                 continue
             names = {
                 str(c.get("wa_id")): str(_obj(c.get("profile")).get("name") or "")
-                for c in map(_obj, value.get("contacts") or [])
+                for c in map(_obj, _list(value.get("contacts")))
             }
-            for msg in value.get("messages") or []:
+            for msg in _list(value.get("messages")):
                 _message(msg, value, names, out)
-            for status in value.get("statuses") or []:
+            for status in _list(value.get("statuses")):
                 _status(status, out)
             if not value.get("messages") and not value.get("statuses"):
                 out.ignore("field:messages:other")

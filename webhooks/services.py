@@ -8,7 +8,6 @@ reply chain enqueued after commit), status reports move outbound messages.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -26,7 +25,7 @@ from conversations.services import (
 )
 from vocoeng import bus
 from vocoeng.models import Tenant
-from vocoeng.routing import PermanentMessageError
+from vocoeng.routing import PermanentMessageError, decode_json
 from vocoeng.services import tenant_get_default
 
 from .inbound import REQUEUE_AFTER, chains_enqueue, messages_ingest
@@ -73,6 +72,12 @@ class DeliveryFailed(Exception):
         self.delivery = delivery
 
 
+def body_text(body: bytes) -> str:
+    """Return a body as storable text: bad UTF-8 and NUL (PostgreSQL refuses
+    it in text) become U+FFFD."""
+    return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def delivery_record(
     *,
     source: str,
@@ -86,7 +91,7 @@ def delivery_record(
     return WebhookDelivery.objects.create(
         source=source,
         headers=kept,
-        body=body.decode("utf-8", errors="replace"),
+        body=body_text(body),
         verdict=verdict,
         error=error,
     )
@@ -163,12 +168,12 @@ def inbound_ingest(
     return "queued"
 
 
-def _notification(body: str, parse: Parser) -> Notification:
+def _notification(body: str | bytes, parse: Parser) -> Notification:
     """Parse a delivery's body or raise DeliveryRejected with the reason."""
     try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise DeliveryRejected(f"body is not JSON: {exc.msg}") from exc
+        data = decode_json(body)  # not UTF-8, not JSON, nested too deeply
+    except PermanentMessageError as exc:
+        raise DeliveryRejected(exc.reason) from exc
     try:
         return parse(data)
     except NotANotification as exc:
@@ -257,11 +262,11 @@ def delivery_receive(
     delivery = WebhookDelivery(
         source=source,
         headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
-        body=body.decode("utf-8", errors="replace"),
+        body=body_text(body),
         received_at=timezone.now(),
     )
     try:
-        notification = _notification(delivery.body, parse)
+        notification = _notification(body, parse)  # the bytes: UTF-8 is checked
     except DeliveryRejected as exc:
         delivery.verdict, delivery.error = WebhookDelivery.Verdict.REJECTED, exc.reason
         delivery.processed_at = timezone.now()

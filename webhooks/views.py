@@ -156,7 +156,7 @@ class ApiSourceView(APIView):
         headers = {**request.headers, TENANT_HEADER: request.user.tenant.slug}
         delivery = services.delivery_record(source="api", body=raw, headers=headers)
         try:
-            result = api_delivery_process(delivery=delivery)
+            result = api_delivery_process(delivery=delivery, raw=raw)
         except services.DeliveryRejected as exc:
             return JsonResponse({"error": exc.reason}, status=400)
         return JsonResponse(result, status=202)

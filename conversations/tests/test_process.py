@@ -89,7 +89,7 @@ def test_history_is_per_user(client) -> None:
     ("body", "reason"),
     [
         (b"{not json", "not JSON"),
-        (b"\xff\xfe", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
         (json.dumps([1, 2]).encode(), "JSON object"),
         (json.dumps({"user_id": "u"}).encode(), "message"),
         (json.dumps({"message": "hi"}).encode(), "user_id"),

@@ -191,3 +191,21 @@ def test_browsable_api_root_links_the_schema_ui(admin_client) -> None:
     body = response.json()
     assert body["schema"].endswith("/api/schema/swagger-ui/")
     assert body["conversations"].endswith("/api/v1/conversations/")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["/api/v1/runs/not-a-uuid/", "/api/v1/nothing/", "/webhooks/nope/"]
+)
+def test_unrouted_api_and_webhook_paths_answer_json_404(client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"error": "not found"}
+
+
+@pytest.mark.django_db
+def test_unrouted_page_keeps_djangos_html_404(client) -> None:
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")

@@ -222,7 +222,7 @@ def test_fields_vocoeng_does_not_act_on_are_200_recorded_ignored(
     ("raw", "reason"),
     [
         (b"{not json", "body is not JSON"),
-        (b"\xff\xfe", "body is not JSON"),
+        (b"\xff\xfe", "body is not UTF-8"),
         (b'["a", "list"]', "not a JSON object"),
         (b'{"object": "page", "entry": []}', "not 'whatsapp_business_account'"),
         (b'{"object": "whatsapp_business_account"}', "entry is missing"),
