@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export DJANGO_DEV ?= 1
 
-.PHONY: run test browser lint format install migrate worker web bridge bench bench-ai \
+.PHONY: run test browser lint format install migrate worker web bridge flower bench bench-ai \
 	bench-webhooks bench-bridge bench-pipeline bench-analytics clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -34,6 +34,11 @@ web: migrate
 
 worker: install
 	$(VENV)/bin/celery -A vocoeng worker -Q default,analytics -l info
+
+# Flower, Celery's monitoring UI, on the same broker (README "Metrics").
+FLOWER_PORT ?= 5555
+flower: install
+	$(VENV)/bin/celery -A vocoeng flower --address=127.0.0.1 --port=$(FLOWER_PORT)
 
 # The browser tests drive Debian's chromium (Playwright cannot download browsers
 # here): install it when missing and we are root, first from the package lists

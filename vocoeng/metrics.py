@@ -2,13 +2,16 @@
 
 Under gunicorn with several workers (and for Celery workers on the same host)
 set ``PROMETHEUS_MULTIPROC_DIR`` to a folder emptied at start: prometheus_client
-then writes each process's samples there and this view aggregates them.
+then writes each process's samples there and this view aggregates them. The
+view adds the depth of each Celery queue, read from the broker
+(vocoeng/celery_metrics.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -22,6 +25,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import Metric
+
+from .celery_metrics import QUEUE_DEPTH
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -53,6 +59,17 @@ class RequestMetricsMiddleware:
         return response
 
 
+class _Exposition:
+    """Expose several collectors as one registry (generate_latest calls collect)."""
+
+    def __init__(self, *collectors: Any) -> None:
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
 def _registry() -> CollectorRegistry:
     if settings.PROMETHEUS_MULTIPROC_DIR:
         registry = CollectorRegistry()
@@ -63,5 +80,6 @@ def _registry() -> CollectorRegistry:
 
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Render the process's (or all processes') metrics in the text format."""
-    return HttpResponse(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    """Render the process's (or all processes') metrics and the queue depths."""
+    exposition = _Exposition(_registry(), QUEUE_DEPTH)
+    return HttpResponse(generate_latest(exposition), content_type=CONTENT_TYPE_LATEST)

@@ -56,6 +56,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so it times and counts every response (vocoeng/metrics.py).
     "vocoeng.metrics.RequestMetricsMiddleware",
+    # Next, so every log record of the request carries its correlation id.
+    "vocoeng.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -191,13 +193,26 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_6
 
 # --- Logging ----------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# json: one JSON object per line (production); console: readable lines (make run).
+# Both carry the correlation id (vocoeng/logging_setup.py, README "Logs").
+LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEV else "json")
+if LOG_FORMAT not in ("json", "console"):
+    raise ValueError(f"LOG_FORMAT must be json or console, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "vocoeng.logging_setup.ContextFilter"}},
     "formatters": {
-        "console": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "console": {"()": "vocoeng.logging_setup.ConsoleFormatter"},
+        "json": {"()": "vocoeng.logging_setup.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Replace Django's own DEBUG-only console handler: root already prints.
@@ -450,6 +465,14 @@ VOC_TOPICS: dict[str, list[str]] = env.json(
 # Set (to a writable, emptied-at-start folder) when gunicorn runs several workers:
 # prometheus_client then aggregates the metrics of all processes (README).
 PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+# A Celery worker serves its task metrics on this port (0: off); see README
+# "Metrics" for prefork workers (vocoeng/celery_metrics.py).
+CELERY_METRICS_PORT = env.int("CELERY_METRICS_PORT", default=0)
+CELERY_METRICS_ADDR = env.str("CELERY_METRICS_ADDR", default="0.0.0.0")  # noqa: S104
+# /metrics reads queue depths from the broker at most this often.
+CELERY_METRICS_QUEUE_CACHE_SECONDS = env.float(
+    "CELERY_METRICS_QUEUE_CACHE_SECONDS", default=5.0
+)
 
 # --- Secrets at rest -----------------------------------------------------------------
 # Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Under

@@ -48,6 +48,7 @@ KEPT_HEADERS = (
     "X-Forwarded-For",
     "X-Cloud-Trace-Context",
     "X-VocoEng-Tenant",
+    "X-Request-Id",  # the correlation id (vocoeng.correlation middleware)
 )
 DEFAULT_CHAT_ROUTE = "conversations.routes.chat_message"
 

@@ -1,0 +1,123 @@
+"""Format log records as JSON lines or console lines, with their context.
+
+``settings.LOGGING`` (chosen by ``LOG_FORMAT``) wires these into every
+process: the web (Django applies LOGGING), Celery workers (vocoeng.celery
+answers Celery's ``setup_logging`` signal with the same dict) and management
+commands such as the bridge. :class:`ContextFilter` adds to each record the
+correlation id current in its context, the Celery task it runs in and the
+process role, so one ``grep <id>`` follows one message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+from . import correlation
+
+# Record attributes never written as JSON fields. Celery passes its log
+# context (task args and kwargs, i.e. message bodies and event payloads) as
+# ``extra={"data": ...}``; the message text already says what matters.
+_NOT_FIELDS = ("data", "color_message", "request", "server_time")
+
+_role: str | None = None
+
+
+def _role_from_argv(argv: list[str]) -> str | None:
+    """Guess the role of a web server or the bridge from its command line.
+
+    Celery names its processes itself (vocoeng.celery: worker_init, beat_init).
+    """
+    words = [os.path.basename(a) for a in argv]
+    if (words and words[0].startswith("gunicorn")) or "runserver" in words:
+        return "web"
+    if "pubsub_bridge" in words:
+        return "bridge"
+    return None
+
+
+def role_set(role: str) -> None:
+    """Name this process's role (web, worker, beat, bridge) in its records."""
+    global _role
+    _role = role
+
+
+def role_default(role: str) -> None:
+    """Name the role unless the command line or an earlier call already did."""
+    if role_get() is None:
+        role_set(role)
+
+
+def role_get() -> str | None:
+    """Return this process's role, guessed from argv when nobody named it."""
+    global _role
+    if _role is None:
+        _role = os.environ.get("VOCOENG_PROCESS_ROLE") or _role_from_argv(sys.argv)
+    return _role
+
+
+class ContextFilter(logging.Filter):
+    """Add ``correlation_id``, ``task_name``, ``task_id`` and ``role`` to records.
+
+    Only what is known is added: a record logged outside a request or a
+    correlated task has no ``correlation_id`` field at all.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        value = correlation.current()
+        if value and not hasattr(record, "correlation_id"):
+            record.correlation_id = value
+        task = correlation.current_task()
+        if task is not None and not hasattr(record, "task_name"):
+            record.task_name, record.task_id = task
+        role = role_get()
+        if role and not hasattr(record, "role"):
+            record.role = role
+        return True
+
+
+class JsonFormatter(_JsonFormatter):
+    """Write one JSON object per record: timestamp, level, logger, message, context.
+
+    Extra fields passed by callers (``extra={...}``) are kept, except the
+    ones in ``_NOT_FIELDS``; exceptions come as ``exc_info`` text.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("reserved_attrs", [*RESERVED_ATTRS, *_NOT_FIELDS])
+        kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
+        kwargs.setdefault("timestamp", True)
+        kwargs.setdefault("json_ensure_ascii", False)
+        super().__init__(["levelname", "name", "message"], **kwargs)
+
+    def add_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        # Timestamp first: the lines read (and sort) like console lines.
+        fields = list(log_data.items())
+        log_data.clear()
+        log_data["timestamp"] = None
+        log_data.update(fields)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Write readable lines; the correlation id, when known, ends the line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not args and "fmt" not in kwargs:
+            kwargs["fmt"] = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        super().__init__(*args, **kwargs)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        value = getattr(record, "correlation_id", None)
+        return f"{line} [cid={value}]" if value else line

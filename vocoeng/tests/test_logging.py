@@ -1,0 +1,233 @@
+"""JSON logs and correlation ids: one id follows a message from web to delivery."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from conftest import fake_ai_env, purge_queues, wait_for
+from conversations.models import Message
+from vocoeng import correlation
+from vocoeng.celery import app
+from vocoeng.logging_setup import ConsoleFormatter, ContextFilter, JsonFormatter
+from vocoeng.queues import Queue
+from vocoeng.services import api_key_create, tenant_get_default
+from vocoeng.testing.fake_graph import FakeGraphServer
+from webhooks.models import WebhookDelivery
+from webhooks.tests import payloads as p
+
+pytestmark = [pytest.mark.timeout(120)]
+
+CHAIN = {
+    "conversations.reply_generate",
+    "conversations.reply_publish",
+    "conversations.reply_deliver",
+}
+USER = "15550002222"
+
+
+@pytest.fixture
+def web_log() -> Iterator[io.StringIO]:
+    """Capture this process's log records as the web writes them (LOG_FORMAT=json)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level, root.level = root.level, logging.INFO
+    yield stream
+    root.removeHandler(handler)
+    root.level = level
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_one_correlation_id_follows_a_webhook_through_the_worker_in_json(
+    settings, celery_worker_factory, fake_ai_server, web_log, client
+) -> None:
+    secrets = {
+        "app_secret": p.APP_SECRET,
+        "access_token": f"EAAG-obs-{uuid.uuid4().hex}",
+        "openai_key": f"sk-obs-{uuid.uuid4().hex}",
+    }
+    body = f"my account number is {uuid.uuid4().hex}, please help"
+    settings.WHATSAPP_APP_SECRET = p.APP_SECRET
+    settings.BUS = "direct"
+    settings.AI_USER_RATE_LIMIT = "0"
+    fake_ai_server.reset()
+    with FakeGraphServer() as graph:
+        worker = celery_worker_factory(
+            env={
+                **fake_ai_env(fake_ai_server),
+                "OPENAI_API_KEY": secrets["openai_key"],
+                "WHATSAPP_APP_SECRET": p.APP_SECRET,
+                "WHATSAPP_API_BASE": graph.base_url + "/v21.0",
+                "WHATSAPP_ACCESS_TOKEN": secrets["access_token"],
+                "LOG_FORMAT": "json",
+            }
+        )
+        cid = f"req-{uuid.uuid4().hex}"
+        raw, signature = p.signed(p.notification([p.text(USER, body)]))
+        response = client.post(
+            "/webhooks/whatsapp/",
+            data=raw,
+            content_type="application/json",
+            HTTP_X_HUB_SIGNATURE_256=signature,
+            HTTP_X_REQUEST_ID=cid,
+        )
+        assert response.status_code == 200
+        assert response["X-Request-ID"] == cid
+        web_text = web_log.getvalue()
+        wait_for(lambda: graph.sent_texts(), timeout=60)
+        reply = wait_for(
+            lambda: Message.objects.filter(role="assistant", status="sent").first()
+        )
+        wait_for(lambda: "reply_delivered" in worker.output())
+        wait_for(lambda: "conversations.reply_deliver[" in worker.output())
+
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.headers["X-Request-Id"] == cid
+    inbound = reply.reply_to
+    assert inbound is not None and body in inbound.content
+    assert body in reply.content  # the fake model echoes: the reply holds it too
+
+    # Web side: every record of the request is JSON and carries the id.
+    web = _json_lines(web_text)
+    assert len(web) == len(web_text.splitlines())
+    assert any(r["message"].startswith("webhook_processed") for r in web)
+    for record in web:
+        assert record["correlation_id"] == cid, record
+        assert {"timestamp", "level", "logger", "message"} <= record.keys()
+
+    # Worker side: every line that names the id is a JSON record, and every
+    # record of the chain's tasks or about its messages carries the id.
+    out = worker.output()
+    for line in out.splitlines():
+        if cid in line:
+            json.loads(line)
+    ids = (str(inbound.pk), str(reply.pk))
+    records = _json_lines(out)
+    chain = [
+        r
+        for r in records
+        # Celery's "received" line is logged by the consumer before the
+        # task's headers are read: the task id is there, no context yet.
+        if r["logger"] != "celery.worker.strategy"
+        and (r.get("task_name") in CHAIN or any(i in r["message"] for i in ids))
+    ]
+    for record in chain:
+        assert record.get("correlation_id") == cid, record
+        assert record.get("role") == "worker", record
+    assert {r["task_name"] for r in chain} == CHAIN
+    messages = [r["message"] for r in chain]
+    assert any(m.startswith("reply_generated ") for m in messages)  # the model call
+    assert any(m.startswith("reply_delivered ") for m in messages)
+    assert sum(m.startswith("task_started ") for m in messages) == 3
+
+    # Nothing secret and no message text in the logs of the journey.
+    for text in (web_text, out):
+        for name, secret in secrets.items():
+            assert secret not in text, name
+        assert body not in text
+        assert reply.content not in text
+
+
+def test_request_without_an_id_gets_a_new_one_in_its_logs_and_response(
+    web_log, client, db
+) -> None:
+    response = client.post(
+        "/process",
+        data=json.dumps({"source": "api", "user_id": "u-1", "message": "Hello there"}),
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    cid = response["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", cid)
+    records = _json_lines(web_log.getvalue())
+    assert records
+    assert all(r.get("correlation_id") == cid for r in records)
+    assert client.get("/health")["X-Request-ID"] not in ("", cid)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["has space", "line\nbreak", "x" * 129, "", "<script>", "-leading-dash"],
+)
+def test_malformed_incoming_id_is_replaced(client, given: str) -> None:
+    response = client.get("/health", HTTP_X_REQUEST_ID=given)
+    assert response["X-Request-ID"] != given
+    assert re.fullmatch(r"[0-9a-f]{32}", response["X-Request-ID"])
+
+
+def test_x_correlation_id_is_accepted_when_no_request_id(client) -> None:
+    response = client.get("/health", HTTP_X_CORRELATION_ID="trace-42.a:b")
+    assert response["X-Request-ID"] == "trace-42.a:b"
+
+
+def test_tasks_enqueued_after_commit_carry_the_request_id(transactional_db) -> None:
+    purge_queues()
+    _, key = api_key_create(tenant=tenant_get_default(), name="logging")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    response = api.post(
+        "/api/v1/runs/",
+        {"idea": "A bakery that delivers by bike"},
+        format="json",
+        HTTP_X_REQUEST_ID="run-req-1",
+    )
+    assert response.status_code == 201, response.content
+    assert response["X-Request-ID"] == "run-req-1"
+    try:
+        with app.connection_for_read() as conn:
+            queue = conn.SimpleQueue(Queue.AI.value)
+            message = queue.get(timeout=5)
+            message.ack()
+            queue.close()
+        assert message.headers[correlation.HEADER] == "run-req-1"
+        assert message.headers["task"] == "pipeline.expand"
+    finally:
+        purge_queues()
+
+
+def test_json_records_keep_context_and_drop_celery_task_arguments() -> None:
+    formatter, context = JsonFormatter(), ContextFilter()
+    record = logging.LogRecord(
+        "celery.app.trace", logging.INFO, __file__, 1, "Task %s ok", ("t",), None
+    )
+    record.data = {"args": "the customer's whole message"}
+    token = correlation.activate("cid-1")
+    try:
+        context.filter(record)
+    finally:
+        correlation.deactivate(token)
+    line = formatter.format(record)
+    parsed = json.loads(line)
+    assert list(parsed)[:4] == ["timestamp", "level", "logger", "message"]
+    assert parsed["message"] == "Task t ok"
+    assert parsed["correlation_id"] == "cid-1"
+    assert "whole message" not in line
+
+
+def test_console_lines_end_with_the_correlation_id() -> None:
+    formatter, context = ConsoleFormatter(), ContextFilter()
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+    token = correlation.activate("cid-2")
+    try:
+        context.filter(record)
+    finally:
+        correlation.deactivate(token)
+    assert formatter.format(record).endswith("INFO x: hello [cid=cid-2]")
+    plain = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+    ContextFilter().filter(plain)
+    assert formatter.format(plain).endswith("INFO x: hello")
