@@ -285,54 +285,34 @@ def main() -> None:
         )
         verdict = "met" if achieved / ideal >= 0.8 else "NOT met"
         print(f"target: >= 0.80 of ideal -> {verdict}")
-        figure = "reply_generate through the ai worker"
-        emit(
-            bench="ai_fanout",
-            figure=figure,
-            value=achieved,
-            unit="msg/s",
-            baseline="ideal (concurrency / latency)",
-            baseline_value=ideal,
-            target=0.8,
-        )
-        emit(
-            bench="ai_fanout",
-            figure=figure,
-            value=achieved,
-            unit="msg/s",
-            baseline="fake model server, SDK, same concurrency",
-            baseline_value=capacity,
-        )
-        emit(
-            bench="ai_fanout",
-            figure="replies missing",
-            value=opts.messages - done,
-            unit="messages",
-            target=0,
-            op="==",
-        )
-        emit(
-            bench="ai_fanout",
-            figure="duplicate replies",
-            value=duplicates,
-            unit="messages",
-            target=0,
-            op="==",
-        )
-        emit(
-            bench="ai_fanout",
-            figure="ai worker peak RSS",
-            value=peak[0],
-            unit="MB",
-            better="lower",
-        )
-        emit(
-            bench="ai_fanout",
-            figure="ai worker CPU per message",
-            value=cpu_ms,
-            unit="ms",
-            better="lower",
-        )
+        for baseline, baseline_value, target in (
+            ("ideal (concurrency / latency)", ideal, 0.8),
+            ("fake model server, SDK, same concurrency", capacity, None),
+        ):
+            emit(
+                bench="ai_fanout",
+                figure="reply_generate through the ai worker",
+                value=achieved,
+                unit="msg/s",
+                baseline=baseline,
+                baseline_value=baseline_value,
+                target=target,
+            )
+        for figure, value, unit, target in (
+            ("replies missing", opts.messages - done, "messages", 0),
+            ("duplicate replies", duplicates, "messages", 0),
+            ("ai worker peak RSS", peak[0], "MB", None),
+            ("ai worker CPU per message", cpu_ms, "ms", None),
+        ):
+            emit(
+                bench="ai_fanout",
+                figure=figure,
+                value=value,
+                unit=unit,
+                better="lower",
+                target=target,
+                op="==",
+            )
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

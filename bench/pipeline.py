@@ -72,7 +72,9 @@ def _start_worker(env: dict[str, str], concurrency: int) -> subprocess.Popen[str
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        # INFO: the worker says " ready." at INFO, whatever LOG_LEVEL the bench
+        # itself runs with.
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
