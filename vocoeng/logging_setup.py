@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -34,7 +35,7 @@ def _role_from_argv(argv: list[str]) -> str | None:
     Celery names its processes itself (vocoeng.celery: worker_init, beat_init).
     """
     words = [os.path.basename(a) for a in argv]
-    if (words and words[0].startswith("gunicorn")) or "runserver" in words:
+    if (argv and "gunicorn" in argv[0]) or "runserver" in words:
         return "web"
     if "pubsub_bridge" in words:
         return "bridge"
@@ -78,6 +79,22 @@ class ContextFilter(logging.Filter):
         role = role_get()
         if role and not hasattr(record, "role"):
             record.role = role
+        return True
+
+
+class AccessLogFilter(logging.Filter):
+    """Give gunicorn's access records the correlation id of their response.
+
+    gunicorn logs the access line after the app returned, when the request's
+    id is no longer current; the response's ``X-Request-ID`` still names it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if isinstance(atoms, Mapping) and not hasattr(record, "correlation_id"):
+            value = atoms.get("{x-request-id}o")
+            if value and value != "-":
+                record.correlation_id = value
         return True
 
 

@@ -6,6 +6,11 @@ import io
 import json
 import logging
 import re
+import shlex
+import socket
+import sys
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +18,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from conftest import fake_ai_env, purge_queues, wait_for
+from conftest import database_url, fake_ai_env, purge_queues, wait_for
 from conversations.models import Message
 from vocoeng import correlation
 from vocoeng.celery import app
@@ -21,6 +26,7 @@ from vocoeng.logging_setup import ConsoleFormatter, ContextFilter, JsonFormatter
 from vocoeng.queues import Queue
 from vocoeng.services import api_key_create, tenant_get_default
 from vocoeng.testing.fake_graph import FakeGraphServer
+from vocoeng.testing.process import ROOT, ChildProcess
 from webhooks.models import WebhookDelivery
 from webhooks.tests import payloads as p
 
@@ -231,3 +237,70 @@ def test_console_lines_end_with_the_correlation_id() -> None:
     plain = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
     ContextFilter().filter(plain)
     assert formatter.format(plain).endswith("INFO x: hello")
+
+
+class WebProcess(ChildProcess):
+    """Run the Procfile's ``web`` line (gunicorn) on a free port."""
+
+    ready_marker = "Booting worker"
+
+    def __init__(self, *, port: int, env: dict[str, str]) -> None:
+        super().__init__(env=env)
+        self.port = port
+
+    def command(self) -> list[str]:
+        procfile = (ROOT / "Procfile").read_text().splitlines()
+        line = next(row for row in procfile if row.startswith("web:"))
+        line = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", line.partition(":")[2])
+        argv = shlex.split(line)
+        argv[argv.index("--bind") + 1] = f"127.0.0.1:{self.port}"
+        argv[argv.index("--workers") + 1] = "1"
+        return [sys.executable, "-m", *argv]
+
+
+def test_gunicorn_from_the_procfile_writes_json_lines_without_query_strings(
+    transactional_db,
+) -> None:
+    secret = f"verify-{uuid.uuid4().hex}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = WebProcess(
+        port=port,
+        env={
+            "LOG_FORMAT": "json",
+            "DATABASE_URL": database_url(),
+            "WHATSAPP_VERIFY_TOKEN": secret,
+        },
+    ).start()
+    try:
+        query = urllib.parse.urlencode(
+            {"hub.mode": "subscribe", "hub.verify_token": secret, "hub.challenge": "c1"}
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/whatsapp/?{query}",
+            headers={"X-Request-ID": "gunicorn-1"},
+        )
+
+        def answered() -> Any:
+            try:
+                return urllib.request.urlopen(request, timeout=5)
+            except OSError:
+                return None
+
+        response = wait_for(answered, timeout=30)
+        assert response.read() == b"c1"
+        assert response.headers["X-Request-ID"] == "gunicorn-1"
+        wait_for(lambda: "gunicorn.access" in web.output())
+    finally:
+        web.stop()
+    out = web.output()
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    access = [r for r in records if r["logger"] == "gunicorn.access"]
+    assert len(access) == 1
+    assert access[0]["correlation_id"] == "gunicorn-1"
+    assert access[0]["role"] == "web"
+    assert '"GET /webhooks/whatsapp/ HTTP/1.1" 200' in access[0]["message"]
+    assert any(r["logger"] == "gunicorn.error" for r in records)
+    assert all(r.get("role") == "web" for r in records)
+    assert secret not in out
