@@ -6,6 +6,7 @@ caller acks every outcome except RETRY, which it nacks for redelivery.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -31,6 +32,8 @@ logger = logging.getLogger("webhooks.bridge")
 # the subscription's own dead-letter policy.
 MAX_ATTEMPTS = pubsub.MAX_DELIVERY_ATTEMPTS
 RETRY_PAUSE_SECONDS = 2.0
+KIND_MAX = 64  # ProcessedMessage.kind, DeadLetter.kind
+KEY_MAX = 255  # ProcessedMessage.key
 
 
 class Outcome(StrEnum):
@@ -61,8 +64,14 @@ class Delivery:
     correlation_id: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.kind = self.attributes.get("kind") or self.default_kind
+        # Attribute values may be 1024 bytes; the dedup and dead-letter columns
+        # are shorter, and a value that does not fit would fail every retry.
+        # A kind that long is unknown anyway (the full one stays in the
+        # attributes); a long key is hashed, so it still deduplicates.
+        self.kind = (self.attributes.get("kind") or self.default_kind)[:KIND_MAX]
         self.key = self.attributes.get("idempotency_key") or self.message_id
+        if len(self.key) > KEY_MAX:
+            self.key = "sha256:" + hashlib.sha256(self.key.encode()).hexdigest()
         self.correlation_id = (
             self.attributes.get("correlation_id") or f"pubsub-{self.message_id}"
         )
