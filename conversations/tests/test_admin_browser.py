@@ -10,6 +10,7 @@ from playwright.sync_api import Page, expect
 from conversations.models import Message
 from conversations.services import message_receive, reply_process_sync
 from vocoeng.services import tenant_get_default
+from vocoeng.testing.browser import changelist_from_index, expect_no_add_row
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -35,10 +36,7 @@ def test_conversation_list_and_its_messages(admin_browser, fake_ai) -> None:
     conversation = inbound.conversation
 
     def steps(page: Page) -> None:
-        page.goto("/admin/")
-        page.locator("tr.model-conversation th a").click()
-        expect(page).to_have_url(re.compile(r"/admin/conversations/conversation/$"))
-        rows = page.locator("#result_list tbody tr")
+        rows = changelist_from_index(page, app="conversations", model="conversation")
         expect(rows).to_have_count(2)
         row = rows.filter(has_text="15550001111")
         expect(row).to_contain_text("api")
@@ -58,10 +56,7 @@ def test_conversation_list_and_its_messages(admin_browser, fake_ai) -> None:
         expect(messages.nth(1).locator("td.field-content")).to_have_text(reply.content)
         expect(messages.nth(1).locator("td.field-model")).to_have_text("gpt-4o-mini")
         # Messages are the channels' record: no blank row to add one by hand.
-        expect(
-            page.locator("#messages-group").get_by_text("Add another")
-        ).to_be_hidden()
-        expect(page.locator("#messages-group tr.empty-form")).to_have_count(0)
+        expect_no_add_row(page, inline="messages")
         admin_browser.screenshot(page, "conversation")
 
     admin_browser.run(steps)
@@ -97,9 +92,8 @@ def test_ai_spend_screen_and_tenant_spend_match_the_ledger(
     assert ledger["cost"] > 0
 
     def steps(page: Page) -> None:
-        page.goto("/admin/")
-        page.locator("tr.model-aicall th a").click()
-        expect(page.locator("#result_list tbody tr")).to_have_count(3)
+        calls = changelist_from_index(page, app="conversations", model="aicall")
+        expect(calls).to_have_count(3)
         page.get_by_role("link", name="Spend per tenant and month").click()
         rows = page.locator("table#spend tbody tr")
         expect(rows).to_have_count(1)

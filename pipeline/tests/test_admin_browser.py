@@ -11,6 +11,7 @@ from playwright.sync_api import Page, expect
 from pipeline.models import Run, StepProgress
 from pipeline.services import run_create
 from vocoeng.services import tenant_get_default
+from vocoeng.testing.browser import changelist_from_index, expect_no_add_row
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -54,10 +55,7 @@ def test_run_list_and_run_with_its_step_progress(admin_browser) -> None:
     run = seed_running_run()
 
     def steps(page: Page) -> None:
-        page.goto("/admin/")
-        page.locator("tr.model-run th a").click()
-        expect(page).to_have_url(re.compile(r"/admin/pipeline/run/$"))
-        row = page.locator("#result_list tbody tr")
+        row = changelist_from_index(page, app="pipeline", model="run")
         expect(row).to_have_count(1)
         expect(row.locator("td.field-status")).to_have_text("Running")
         # expand + one review succeeded, one review failed: 3 of 4 finished.
@@ -87,7 +85,7 @@ def test_run_list_and_run_with_its_step_progress(admin_browser) -> None:
             "model answered 500 three times"
         )
         # Steps are records of the workers: no add row, no delete box.
-        expect(page.locator("#steps-group").get_by_text("Add another")).to_be_hidden()
+        expect_no_add_row(page, inline="steps")
         expect(page.locator("#steps-group td.delete input")).to_have_count(0)
         admin_browser.screenshot(page, "run")
 

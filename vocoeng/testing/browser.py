@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from playwright.sync_api import Locator, Page, expect
+
 T = TypeVar("T")
 
 CHROMIUM = "/usr/bin/chromium"
@@ -84,7 +86,7 @@ class Chromium:
         return self
 
     def _launch(self, executable: str) -> None:
-        from playwright.sync_api import expect, sync_playwright
+        from playwright.sync_api import sync_playwright
 
         # expect() waits 5 s by default, short for a page load on a busy CI core.
         expect.set_options(timeout=STEP_TIMEOUT_MS)
@@ -159,10 +161,39 @@ class BrowserPage:
         self.chromium.call(lambda: self.page.context.close())
 
 
-def admin_login(page: Any, *, username: str, password: str) -> None:
-    """Log in through the admin's login form and wait for the admin index."""
-    page.goto("/admin/login/?next=/admin/")
+def login_form_submit(page: Page, *, username: str, password: str) -> None:
+    """Fill in and submit the admin login form on the current page."""
     page.fill("#id_username", username)
     page.fill("#id_password", password)
     page.click("#login-form [type=submit]")
+
+
+def admin_login(page: Page, *, username: str, password: str) -> None:
+    """Log in through the admin's login form and wait for the admin index."""
+    page.goto("/admin/login/?next=/admin/")
+    login_form_submit(page, username=username, password=password)
     page.wait_for_url("**/admin/")
+
+
+def changelist_from_index(page: Page, *, app: str, model: str) -> Locator:
+    """Open ``app.model``'s list through its link on the admin index; return rows."""
+    page.goto("/admin/")
+    page.locator(f"tr.model-{model} th a").click()
+    expect(page).to_have_url(re.compile(rf"/admin/{app}/{model}/$"))
+    return page.locator("#result_list tbody tr")
+
+
+def admin_action(page: Page, *, action: str, pks: list[Any]) -> None:
+    """Tick the rows of ``pks`` on a change list and run ``action`` on them."""
+    for pk in pks:
+        page.check(f'input.action-select[value="{pk}"]')
+    page.select_option("select[name=action]", action)
+    page.click("button[name=index]")
+
+
+def expect_no_add_row(page: Page, *, inline: str) -> None:
+    """Check that the ``inline`` group (its prefix) offers no blank row to add."""
+    group = page.locator(f"#{inline}-group")
+    expect(group).to_be_visible()
+    expect(group.get_by_text("Add another")).to_be_hidden()
+    expect(group.locator("tr.empty-form")).to_have_count(0)

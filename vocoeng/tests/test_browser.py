@@ -9,6 +9,7 @@ from playwright.sync_api import Page, expect
 
 from conversations.services import message_receive
 from vocoeng.services import tenant_get_default
+from vocoeng.testing.browser import expect_no_add_row, login_form_submit
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -22,21 +23,15 @@ def test_admin_login_form_refuses_a_wrong_password_then_logs_in(
     def steps(page: Page) -> None:
         page.goto("/admin/")
         expect(page).to_have_url(re.compile(r"/admin/login/\?next=/admin/$"))
-        page.fill("#id_username", "ops")
-        page.fill("#id_password", "wrong-pw")
-        page.click("#login-form [type=submit]")
+        login_form_submit(page, username="ops", password="wrong-pw")
         expect(page.locator(".errornote")).to_contain_text(
             "Please enter the correct username and password"
         )
         browser_page.screenshot(page, "login-refused")
         # A user that is not staff is refused by the same form.
-        page.fill("#id_username", "visitor")
-        page.fill("#id_password", "pw")
-        page.click("#login-form [type=submit]")
+        login_form_submit(page, username="visitor", password="pw")
         expect(page.locator(".errornote")).to_be_visible()
-        page.fill("#id_username", "ops")
-        page.fill("#id_password", "right-pw")
-        page.click("#login-form [type=submit]")
+        login_form_submit(page, username="ops", password="right-pw")
         expect(page).to_have_url(re.compile(r"/admin/$"))
         expect(page.locator("#user-tools")).to_contain_text("ops")
         browser_page.screenshot(page, "admin-index")
@@ -170,11 +165,7 @@ def test_channel_secrets_are_typed_once_and_never_sent_back(admin_browser) -> No
         )
         # API keys come from create_api_key (the secret is printed once): the
         # tenant page offers no blank key row.
-        expect(page.locator("#api_keys-group")).to_be_visible()
-        expect(
-            page.locator("#api_keys-group").get_by_text("Add another")
-        ).to_be_hidden()
-        expect(page.locator("#api_keys-group tr.empty-form")).to_have_count(0)
+        expect_no_add_row(page, inline="api_keys")
         admin_browser.screenshot(page, "tenant")
 
     admin_browser.run(tenant_page)

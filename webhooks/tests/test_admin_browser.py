@@ -10,6 +10,7 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from conversations.models import Message
+from vocoeng.testing.browser import admin_action, changelist_from_index
 from webhooks.models import WebhookDelivery
 from webhooks.services import delivery_fail
 from webhooks.tests import payloads as p
@@ -52,18 +53,11 @@ def test_replay_action_processes_failed_deliveries_and_reports_each(
     )
 
     def steps(page: Page) -> None:
-        page.goto("/admin/")
-        page.locator("tr.model-webhookdelivery th a").click()
-        expect(page).to_have_url(re.compile(rf"{CHANGELIST}$"))
-        rows = page.locator("#result_list tbody tr")
+        rows = changelist_from_index(page, app="webhooks", model="webhookdelivery")
         expect(rows).to_have_count(4)
         expect(rows.filter(has_text="Failed")).to_have_count(3)
         admin_browser.screenshot(page, "deliveries")
-        for delivery in (good, stale, forged):
-            page.check(f'input.action-select[value="{delivery.pk}"]')
-        expect(page.locator(".action-counter")).to_contain_text("3 of 4 selected")
-        page.select_option("select[name=action]", "replay")
-        page.click("button[name=index]")
+        admin_action(page, action="replay", pks=[good.pk, stale.pk, forged.pk])
         expect(page).to_have_url(re.compile(rf"{CHANGELIST}$"))
         notes = page.locator("ul.messagelist li")
         expect(notes.filter(has_text="Replayed 1 deliveries")).to_have_text(
@@ -118,9 +112,7 @@ def test_replay_while_the_broker_is_down_shows_an_error_and_records_it(
 
     def steps(page: Page) -> None:
         page.goto(CHANGELIST)
-        page.check(f'input.action-select[value="{delivery.pk}"]')
-        page.select_option("select[name=action]", "replay")
-        page.click("button[name=index]")
+        admin_action(page, action="replay", pks=[delivery.pk])
         expect(page).to_have_url(re.compile(rf"{CHANGELIST}$"))
         expect(page.locator("ul.messagelist li.error")).to_have_text(
             f"Delivery {delivery.pk} failed: ConnectionError: broker down again"
@@ -176,9 +168,7 @@ def test_dead_letter_replay_enqueues_the_fixed_one_and_reports_the_other(
     Tenant.objects.create(slug="acme", name="Acme")  # the operator's fix
 
     def steps(page: Page) -> None:
-        page.goto("/admin/")
-        page.locator("tr.model-deadletter th a").click()
-        rows = page.locator("#result_list tbody tr")
+        rows = changelist_from_index(page, app="vocoeng", model="deadletter")
         expect(rows).to_have_count(2)
         rows.filter(has_text="4021458311337").locator("th a").click()
         expect(page.locator(".field-data_preview .readonly")).to_contain_text(
@@ -189,10 +179,7 @@ def test_dead_letter_replay_enqueues_the_fixed_one_and_reports_the_other(
         )
         admin_browser.screenshot(page, "dead-letter")
         page.go_back()
-        for letter in (fixable, broken):
-            page.check(f'input.action-select[value="{letter.pk}"]')
-        page.select_option("select[name=action]", "replay")
-        page.click("button[name=index]")
+        admin_action(page, action="replay", pks=[fixable.pk, broken.pk])
         expect(page.locator("ul.messagelist li.info")).to_have_text(
             "4021458311337: enqueued"
         )
