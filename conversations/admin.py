@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from vocoeng.admin import SecretFieldsAdminMixin
+from vocoeng.admin import HttpsUrlFieldsAdminMixin, SecretFieldsAdminMixin
 from vocoeng.models import Tenant
 
 from .models import AICall, Conversation, HttpTool, KnowledgeEntry, Message
@@ -116,7 +116,7 @@ class AICallAdmin(admin.ModelAdmin):
 
 
 @admin.register(HttpTool)
-class HttpToolAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
+class HttpToolAdmin(HttpsUrlFieldsAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
     """Configure HTTP endpoints the model may call; the auth secret is write-only."""
 
     secret_fields = ("auth_secret",)

@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
+from django.db import models
 
 from .models import (
     ApiKey,
@@ -14,6 +15,15 @@ from .models import (
     ProcessedMessage,
     Tenant,
 )
+
+
+class HttpsUrlFieldsAdminMixin:
+    """Read a URL typed without a scheme as https (Django 6's default, now)."""
+
+    def formfield_for_dbfield(self, db_field: Any, request: Any, **kwargs: Any):
+        if isinstance(db_field, models.URLField):
+            kwargs.setdefault("assume_scheme", "https")
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
 
 class SecretFieldsAdminMixin:
@@ -138,7 +148,7 @@ class TenantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Channel)
-class ChannelAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
+class ChannelAdmin(HttpsUrlFieldsAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
     """Channels with their credentials (write-only) and agent settings."""
 
     secret_fields = (
@@ -150,6 +160,7 @@ class ChannelAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
     )
     list_display = ("name", "tenant", "kind", "phone_number_id", "is_active")
     list_filter = ("kind", "is_active", "tenant")
+
     search_fields = ("name", "phone_number_id", "tenant__slug")
     readonly_fields = ("created_at", "updated_at")
     fieldsets = (
