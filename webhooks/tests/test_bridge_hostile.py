@@ -13,11 +13,10 @@ import copy
 import itertools
 import json
 import threading
-from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from analytics.models import VocEvent
@@ -27,7 +26,9 @@ from vocoeng import pubsub
 from vocoeng.models import DeadLetter, ProcessedMessage
 from webhooks.bridge.batching import batch_handle
 from webhooks.bridge.handling import Delivery, Outcome, message_handle
+from webhooks.tests.test_bridge import pull
 from webhooks.tests.test_hostile import (
+    FUZZ,
     chat,
     invalid_utf8,
     nested,
@@ -38,13 +39,6 @@ from webhooks.tests.test_hostile import (
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 KINDS = ["chat_message", "pipeline_job", "voc_event"]
-FUZZ = settings(
-    max_examples=30,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 _ids = itertools.count()
 
 
@@ -127,7 +121,7 @@ def test_deep_nesting_is_dead_lettered_and_published_with_its_reason(
     assert reason == "body is not JSON: nested too deeply"
     published = [
         m
-        for m in _pull(dead_letter_topic)
+        for m in pull(dead_letter_topic)
         if m.attributes.get("dead_letter_message_id") == d.message_id
     ]
     assert len(published) == 1
@@ -217,29 +211,6 @@ def test_a_batch_dead_letters_the_hostile_and_enqueues_the_rest(
     assert Message.objects.filter(external_id="batch-good").count() == 1
 
 
-def _pull(subscription: str) -> list[Any]:
-    client = pubsub.subscriber()
-    path = pubsub.subscription_path(subscription)
-    got = []
-    for _ in range(3):
-        response = client.pull(
-            request={
-                "subscription": path,
-                "max_messages": 100,
-                "return_immediately": True,
-            }
-        )
-        if response.received_messages:
-            client.acknowledge(
-                request={
-                    "subscription": path,
-                    "ack_ids": [r.ack_id for r in response.received_messages],
-                }
-            )
-            got.extend(r.message for r in response.received_messages)
-    return got
-
-
 @pytest.mark.parametrize(
     "attributes",
     [
@@ -254,9 +225,10 @@ def test_attributes_longer_than_their_columns_are_handled(
     d = delivery(
         json.dumps({**chat(), "message_id": "long-attrs"}).encode(), **attributes
     )
+    before = rows()
     outcome = handle(d)
     if attributes["kind"] in KINDS:
         assert outcome == Outcome.ENQUEUED
         assert handle(d) == Outcome.DUPLICATE  # the long key still dedups
     else:
-        assert_dead_lettered(d, outcome, rows())
+        assert_dead_lettered(d, outcome, before)
