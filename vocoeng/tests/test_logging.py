@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from conftest import database_url, fake_ai_env, purge_queues, wait_for
@@ -304,3 +305,41 @@ def test_gunicorn_from_the_procfile_writes_json_lines_without_query_strings(
     assert any(r["logger"] == "gunicorn.error" for r in records)
     assert all(r.get("role") == "web" for r in records)
     assert secret not in out
+
+
+def test_bridge_command_logs_json_with_its_role_and_message_ids(
+    settings, pubsub_settings, transactional_db
+) -> None:
+    from vocoeng import pubsub
+    from webhooks.bridge.testing import BridgeProcess
+
+    call_command("pubsub_setup", stdout=io.StringIO())
+    env = {**pubsub_settings, "DATABASE_URL": database_url(), "LOG_FORMAT": "json"}
+    bridge = BridgeProcess(
+        "--subscription", settings.PUBSUB_SUBSCRIPTION_MESSAGES, env=env
+    ).start()
+    try:
+        body = json.dumps(
+            {"source": "api", "user_id": "u1", "message": "bridge secret text"}
+        ).encode()
+        message_id = pubsub.publish_async(
+            topic=settings.PUBSUB_TOPIC_MESSAGES,
+            data=body,
+            attributes={"kind": "chat_message", "correlation_id": "from-publisher"},
+        ).result(timeout=30)
+        wait_for(lambda: bridge.count("enqueued") == 1)
+    finally:
+        bridge.stop()
+        purge_queues()
+    out = bridge.output()
+    lines = [line for line in out.splitlines() if "bridge_message" in line]
+    records = [json.loads(line) for line in lines]
+    assert {r["message"].split()[1] for r in records} >= {
+        "event=received",
+        "event=enqueued",
+    }
+    for record in records:
+        assert record["role"] == "bridge"
+        assert f"message_id={message_id}" in record["message"]
+        assert "correlation_id=from-publisher" in record["message"]
+    assert "bridge secret text" not in out
