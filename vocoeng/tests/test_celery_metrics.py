@@ -47,7 +47,7 @@ def value(metrics: dict, name: str, **labels: str) -> float:
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_worker_port_counts_success_failure_and_retry_of_real_tasks(
-    settings, celery_worker_factory, tmp_path, client, pool: str
+    settings, celery_worker_factory, tmp_path, client, monkeypatch, pool: str
 ) -> None:
     settings.WHATSAPP_APP_SECRET = p.APP_SECRET
     settings.BUS = "direct"
@@ -106,6 +106,19 @@ def test_worker_port_counts_success_failure_and_retry_of_real_tasks(
     assert value(metrics, runs, **deliver) == 2
     assert value(metrics, runs, **publish) == 1
     assert value(metrics, "vocoeng_celery_task_runtime_seconds_sum", **deliver) > 0
+    if pool == "prefork":
+        # One host: the web shares the folder and its /metrics shows the same.
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+        web = samples(client.get("/metrics").content.decode())
+        for name in (
+            "vocoeng_celery_task_succeeded_total",
+            "vocoeng_celery_task_retried_total",
+            "vocoeng_celery_task_failed_total",
+            "vocoeng_celery_task_runtime_seconds_count",
+        ):
+            ours = {k: v for k, v in metrics.items() if k[0] == name}
+            assert ours and {k: v for k, v in web.items() if k[0] == name} == ours
 
 
 def test_queue_depth_counts_messages_waiting_on_the_broker(client, settings) -> None:
