@@ -68,6 +68,11 @@ class Delivery:
         # are shorter, and a value that does not fit would fail every retry.
         # A kind that long is unknown anyway (the full one stays in the
         # attributes); a long key is hashed, so it still deduplicates.
+        # PostgreSQL stores no NUL (text or jsonb): U+FFFD, as in the data.
+        self.attributes = {
+            k.replace("\x00", "\ufffd"): v.replace("\x00", "\ufffd")
+            for k, v in self.attributes.items()
+        }
         self.kind = (self.attributes.get("kind") or self.default_kind)[:KIND_MAX]
         self.key = self.attributes.get("idempotency_key") or self.message_id
         if len(self.key) > KEY_MAX:

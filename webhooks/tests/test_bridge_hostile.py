@@ -216,12 +216,15 @@ def test_a_batch_dead_letters_the_hostile_and_enqueues_the_rest(
     [
         {"kind": "k" * 1000},
         {"kind": "chat_message", "idempotency_key": "i" * 1000},
+        {"kind": "chat\u0000message"},
+        {"kind": "chat_message", "idempotency_key": "nul\u0000key"},
     ],
 )
-def test_attributes_longer_than_their_columns_are_handled(
+def test_attributes_that_do_not_fit_their_columns_are_handled(
     dead_letter_topic, attributes: dict[str, str]
 ) -> None:
-    # Pub/Sub allows 1024-byte attribute values; the columns are shorter.
+    # Pub/Sub allows 1024-byte attribute values (NUL included); the columns
+    # are shorter, and PostgreSQL stores no NUL.
     d = delivery(
         json.dumps({**chat(), "message_id": "long-attrs"}).encode(), **attributes
     )
