@@ -458,3 +458,13 @@ def test_body_over_the_upload_limit_is_a_json_400(client, api_auth, path) -> Non
     assert response.status_code == 400
     assert response.json() == {"error": "request body too large"}
     assert snapshot() == before
+
+
+def test_push_with_nul_in_attributes_is_a_recorded_rejection(client) -> None:
+    envelope = push(json.dumps(chat()).encode(), tenant="no\u0000such")
+    before = snapshot()
+    response = post_push(client, json.dumps(envelope).encode())
+    assert response.status_code == 200, response.content
+    assert response.json()["outcome"] == "rejected"
+    assert "unknown tenant" in response.json()["reason"]
+    assert snapshot()[2] - before[2] == Counter({"rejected": 1})
