@@ -13,6 +13,7 @@ from django.db import transaction
 from conversations.models import Message
 from conversations.routes import inbound_validate
 from vocoeng.bus import topic_kinds
+from vocoeng.channels import api_channel_for
 from vocoeng.models import Tenant
 from vocoeng.routing import PermanentMessageError, decode_json, route_message
 
@@ -69,6 +70,8 @@ def api_delivery_process(
             source=source,
             tenant=tenant,
             received_at=delivery.received_at.isoformat(),
+            # The tenant's API source channel, when it has one, sets the agent.
+            account=api_channel_for(tenant=tenant) if source == "api" else None,
         )
         stored = (
             Message.objects.filter(channel=source, external_id=external_id)

@@ -248,6 +248,23 @@ def parse_whatsapp(body: Any) -> Notification:
     return out
 
 
+def whatsapp_phone_number_ids(body: Any) -> set[str]:
+    """Return the business numbers (``metadata.phone_number_id``) a body is for.
+
+    Tolerant of any shape: what is not a notification names no number.
+    """
+    ids: set[str] = set()
+    for entry in _list(_obj(body).get("entry")):
+        for change in _list(_obj(entry).get("changes")):
+            phone = _obj(_obj(_obj(change).get("value")).get("metadata")).get(
+                "phone_number_id"
+            )
+            if isinstance(phone, str | int) and not isinstance(phone, bool):
+                if text := str(phone).strip():
+                    ids.add(text[:64])
+    return ids
+
+
 def parse_aisensy(body: Any) -> Notification:
     """Parse an AiSensy webhook: its event envelope or a forwarded Cloud API body.
 

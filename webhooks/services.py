@@ -8,6 +8,7 @@ reply chain enqueued after commit), status reports move outbound messages.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -24,7 +25,8 @@ from conversations.services import (
     message_status_update,
 )
 from vocoeng import bus
-from vocoeng.models import Tenant
+from vocoeng.channels import UnknownChannel, whatsapp_channels_resolve
+from vocoeng.models import Channel, Tenant
 from vocoeng.routing import PermanentMessageError, decode_json
 from vocoeng.services import tenant_get_default
 
@@ -36,6 +38,7 @@ from .parsers import (
     Notification,
     parse_aisensy,
     parse_whatsapp,
+    whatsapp_phone_number_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,13 +51,21 @@ KEPT_HEADERS = (
     "X-Forwarded-For",
     "X-Cloud-Trace-Context",
     "X-VocoEng-Tenant",
+    "X-VocoEng-Channel",
     "X-Request-Id",  # the correlation id (vocoeng.correlation middleware)
 )
+CHANNEL_HEADER = "X-VocoEng-Channel"
 DEFAULT_CHAT_ROUTE = "conversations.routes.chat_message"
 
 Processor = Callable[..., dict]
 Receiver = Callable[..., tuple[WebhookDelivery, dict]]
 Parser = Callable[[Any], Notification]
+# Which channel an inbound item arrived on (None: the environment's default).
+ChannelOf = Callable[[InboundItem], Channel | None]
+
+
+def _default_channel(item: InboundItem) -> Channel | None:
+    return None
 
 
 class DeliveryRejected(Exception):
@@ -123,7 +134,12 @@ def delivery_fail(*, delivery: WebhookDelivery, error: str) -> None:
 
 
 def inbound_ingest(
-    *, item: InboundItem, source: str, tenant: Tenant, received_at: str
+    *,
+    item: InboundItem,
+    source: str,
+    tenant: Tenant,
+    received_at: str,
+    account: Channel | None = None,
 ) -> str:
     """Hand one inbound message to the bus once; return what happened to it.
 
@@ -146,7 +162,7 @@ def inbound_ingest(
     if not item.replyable:
         status = Message.Status.IGNORED
     elif existing is None and message_rate_limited(
-        tenant=tenant, channel=source, user_id=item.user_id
+        tenant=tenant, channel=source, user_id=item.user_id, account=account
     ):
         status = Message.Status.RATE_LIMITED
     if status is not None:
@@ -158,13 +174,18 @@ def inbound_ingest(
             external_id=item.message_id,
             metadata=payload["metadata"],
             status=status,
+            account=account,
         )
         return str(status)
     bus.publish(
         topic=settings.PUBSUB_TOPIC_MESSAGES,
         payload=payload,
         key=f"{source}:{item.message_id}",
-        attributes={"tenant": tenant.slug, "source": source},
+        attributes={
+            "tenant": tenant.slug,
+            "source": source,
+            **({"channel_id": str(account.pk)} if account is not None else {}),
+        },
     )
     return "queued"
 
@@ -189,30 +210,53 @@ def _fast_path() -> bool:
     )
 
 
+def _by_channel(
+    items: list[InboundItem], channel_of: ChannelOf
+) -> list[tuple[Channel | None, list[InboundItem]]]:
+    groups: dict[int | None, tuple[Channel | None, list[InboundItem]]] = {}
+    for item in items:
+        channel = channel_of(item)
+        key = None if channel is None else channel.pk
+        groups.setdefault(key, (channel, []))[1].append(item)
+    return list(groups.values())
+
+
 def _act(
-    notification: Notification, *, source: str, received_at: str
+    notification: Notification,
+    *,
+    source: str,
+    received_at: str,
+    channel_of: ChannelOf = _default_channel,
 ) -> tuple[str, str, dict, list[str]]:
     """Act on a parsed delivery (inside a transaction).
 
-    Returns the verdict, the error, the summary and the inbound message ids
-    whose reply chains are due after commit.
+    Each message goes to the tenant and conversations of its channel
+    (``channel_of``). Returns the verdict, the error, the summary and the
+    inbound message ids whose reply chains are due after commit.
     """
     problems = list(notification.problems)
     chains: list[str] = []
-    if _fast_path():
-        result = messages_ingest(
-            items=notification.messages, source=source, received_at=received_at
-        )
-        outcomes, chains = result.outcomes, result.chains
-        problems.extend(result.problems)
-    else:
-        tenant = tenant_get_default()
-        outcomes = {}
-        for item in notification.messages:
+    outcomes: dict[str, int] = {}
+    for channel, items in _by_channel(notification.messages, channel_of):
+        if _fast_path():
+            result = messages_ingest(
+                items=items, source=source, received_at=received_at, account=channel
+            )
+            for outcome, count in result.outcomes.items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + count
+            chains.extend(result.chains)
+            problems.extend(result.problems)
+            continue
+        tenant = tenant_get_default() if channel is None else channel.tenant
+        for item in items:
             try:
                 with transaction.atomic():
                     outcome = inbound_ingest(
-                        item=item, source=source, tenant=tenant, received_at=received_at
+                        item=item,
+                        source=source,
+                        tenant=tenant,
+                        received_at=received_at,
+                        account=channel,
                     )
             except PermanentMessageError as exc:
                 outcome = "invalid"
@@ -250,7 +294,12 @@ def _log(delivery: WebhookDelivery, summary: dict) -> None:
 
 
 def delivery_receive(
-    *, source: str, body: bytes, headers: dict[str, str], parse: Parser
+    *,
+    source: str,
+    body: bytes,
+    headers: dict[str, str],
+    parse: Parser,
+    channel_of: ChannelOf = _default_channel,
 ) -> tuple[WebhookDelivery, dict]:
     """Record and process a verified delivery in one transaction.
 
@@ -279,6 +328,7 @@ def delivery_receive(
                 notification,
                 source=source,
                 received_at=delivery.received_at.isoformat(),
+                channel_of=channel_of,
             )
             delivery.verdict, delivery.summary = verdict, summary
             delivery.error = error[:4000]
@@ -297,28 +347,76 @@ def delivery_receive(
     return delivery, summary
 
 
+def _whatsapp_channel_of(channels: dict[str, Channel | None]) -> ChannelOf:
+    def channel_of(item: InboundItem) -> Channel | None:
+        return channels.get(item.metadata.get("phone_number_id", ""))
+
+    return channel_of
+
+
 def whatsapp_receive(
-    *, body: bytes, headers: dict[str, str]
+    *,
+    body: bytes,
+    headers: dict[str, str],
+    channels: dict[str, Channel | None] | None = None,
 ) -> tuple[WebhookDelivery, dict]:
-    """Record and process a verified WhatsApp delivery (see delivery_receive)."""
+    """Record and process a verified WhatsApp delivery (see delivery_receive).
+
+    ``channels`` maps each phone number id of the delivery to its channel, as
+    the view resolved it before checking the signature.
+    """
     return delivery_receive(
-        source="whatsapp", body=body, headers=headers, parse=parse_whatsapp
+        source="whatsapp",
+        body=body,
+        headers=headers,
+        parse=parse_whatsapp,
+        channel_of=_whatsapp_channel_of(channels or {}),
     )
 
 
 def aisensy_receive(
-    *, body: bytes, headers: dict[str, str]
+    *, body: bytes, headers: dict[str, str], channel: Channel | None = None
 ) -> tuple[WebhookDelivery, dict]:
-    """Record and process a verified AiSensy delivery (see delivery_receive)."""
+    """Record and process a verified AiSensy delivery (see delivery_receive).
+
+    ``channel`` is the account whose webhook secret the delivery carried; its
+    id is kept with the delivery so a replay goes to the same tenant.
+    """
+    if channel is not None:
+        headers = {**headers, CHANNEL_HEADER: str(channel.pk)}
     return delivery_receive(
-        source="aisensy", body=body, headers=headers, parse=parse_aisensy
+        source="aisensy",
+        body=body,
+        headers=headers,
+        parse=parse_aisensy,
+        channel_of=lambda item: channel,
     )
+
+
+def _replay_channel_of(delivery: WebhookDelivery, data: Any) -> ChannelOf:
+    """Return the channels of a recorded delivery, found again for a replay."""
+    if delivery.source == WebhookDelivery.Source.WHATSAPP:
+        try:
+            channels = whatsapp_channels_resolve(
+                phone_number_ids=whatsapp_phone_number_ids(data)
+            )
+        except UnknownChannel as exc:
+            raise DeliveryRejected(exc.reason) from exc
+        return _whatsapp_channel_of(channels)
+    channel_id = delivery.headers.get(CHANNEL_HEADER)
+    if not channel_id:
+        return _default_channel
+    channel = Channel.objects.select_related("tenant").filter(pk=channel_id).first()
+    if channel is None:
+        raise DeliveryRejected(f"channel {channel_id} no longer exists")
+    return lambda item: channel
 
 
 def _process(delivery: WebhookDelivery, *, parse: Parser, source: str) -> dict:
     """Process an already recorded delivery again (the replay path)."""
     try:
         notification = _notification(delivery.body, parse)
+        channel_of = _replay_channel_of(delivery, json.loads(delivery.body))
     except DeliveryRejected as exc:
         _finish(
             delivery,
@@ -329,7 +427,10 @@ def _process(delivery: WebhookDelivery, *, parse: Parser, source: str) -> dict:
         raise
     with transaction.atomic():
         verdict, error, summary, chains = _act(
-            notification, source=source, received_at=delivery.received_at.isoformat()
+            notification,
+            source=source,
+            received_at=delivery.received_at.isoformat(),
+            channel_of=channel_of,
         )
         _finish(delivery, verdict=verdict, error=error, summary=summary)
         if chains:

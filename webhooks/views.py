@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -16,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from conversations.serializers import InboundMessageSerializer
+from vocoeng import channels
 from vocoeng.auth import ApiKeyAuthentication
 from vocoeng.openapi import document
 
@@ -23,7 +27,8 @@ from . import openapi, services
 from .ingress import TENANT_HEADER, api_delivery_process, pubsub_delivery_process
 from .models import WebhookDelivery
 from .oidc import PushAuthError, push_token_verify
-from .security import shared_secret_valid, whatsapp_signature_valid
+from .parsers import whatsapp_phone_number_ids
+from .security import whatsapp_signature_valid
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,13 @@ def _process(
     return JsonResponse({"status": "ok", "delivery": str(delivery.pk), **summary})
 
 
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # the delivery itself reports the malformed body
+
+
 def _unauthorized(source: str, reason: str, status: int) -> JsonResponse:
     # Recorded without the body: an unsigned request is not worth keeping.
     services.delivery_record(
@@ -82,13 +94,10 @@ def _unauthorized(source: str, reason: str, status: int) -> JsonResponse:
 def whatsapp(request: HttpRequest) -> HttpResponse:
     """Answer Meta's verification handshake (GET) or take a notification (POST)."""
     if request.method == "GET":
-        token = settings.WHATSAPP_VERIFY_TOKEN
-        if (
-            request.GET.get("hub.mode") == "subscribe"
-            and token
-            and shared_secret_valid(
-                given=request.GET.get("hub.verify_token", ""), secret=token
-            )
+        if request.GET.get(
+            "hub.mode"
+        ) == "subscribe" and channels.whatsapp_verify_token_valid(
+            given=request.GET.get("hub.verify_token", "")
         ):
             return HttpResponse(
                 request.GET.get("hub.challenge", ""), content_type="text/plain"
@@ -99,11 +108,27 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
     header = request.headers.get("X-Hub-Signature-256", "")
     if not header:
         return _unauthorized("whatsapp", "X-Hub-Signature-256 is missing", 401)
-    if not whatsapp_signature_valid(
-        body=request.body, header=header, secret=settings.WHATSAPP_APP_SECRET
+    # The number a delivery is for picks the channel, whose app secret must
+    # have signed it (all of them, when one delivery names several numbers).
+    try:
+        resolved = channels.whatsapp_channels_resolve(
+            phone_number_ids=whatsapp_phone_number_ids(_json_or_none(request.body))
+        )
+    except channels.UnknownChannel as exc:
+        return _unauthorized("whatsapp", exc.reason, 403)
+    secrets = {channels.whatsapp_app_secret(c) for c in resolved.values()} or {
+        settings.WHATSAPP_APP_SECRET
+    }
+    if not all(
+        whatsapp_signature_valid(body=request.body, header=header, secret=secret)
+        for secret in secrets
     ):
         return _unauthorized("whatsapp", "X-Hub-Signature-256 does not match", 403)
-    return _receive(request, source="whatsapp", receive=services.whatsapp_receive)
+    return _receive(
+        request,
+        source="whatsapp",
+        receive=partial(services.whatsapp_receive, channels=resolved),
+    )
 
 
 @document(**openapi.AISENSY)
@@ -114,9 +139,15 @@ def aisensy(request: HttpRequest) -> HttpResponse:
     given = request.headers.get("X-AiSensy-Secret", "")
     if not given:
         return _unauthorized("aisensy", "X-AiSensy-Secret is missing", 401)
-    if not shared_secret_valid(given=given, secret=settings.AISENSY_WEBHOOK_SECRET):
-        return _unauthorized("aisensy", "X-AiSensy-Secret does not match", 403)
-    return _receive(request, source="aisensy", receive=services.aisensy_receive)
+    try:
+        channel = channels.aisensy_channel_for_secret(given=given)
+    except channels.UnknownChannel as exc:
+        return _unauthorized("aisensy", exc.reason, 403)
+    return _receive(
+        request,
+        source="aisensy",
+        receive=partial(services.aisensy_receive, channel=channel),
+    )
 
 
 @document(**openapi.PUBSUB_PUSH)
