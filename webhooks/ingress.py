@@ -12,6 +12,7 @@ from django.db import transaction
 
 from conversations.models import Message
 from conversations.routes import inbound_validate
+from vocoeng import correlation
 from vocoeng.bus import topic_kinds
 from vocoeng.channels import api_channel_for
 from vocoeng.models import Tenant
@@ -132,9 +133,31 @@ def pubsub_delivery_process(*, delivery: WebhookDelivery) -> dict[str, Any]:
 
     A message that can never succeed is recorded as rejected with the reason
     and returned normally (the caller acks it); a broker error propagates so
-    the push is answered 5xx and Pub/Sub redelivers.
+    the push is answered 5xx and Pub/Sub redelivers. The work carries the
+    message's correlation id, as the bridge's does (its ``correlation_id``
+    attribute, else ``pubsub-<message id>``), so one grep follows a message
+    whichever way it arrived.
     """
     data, attributes, message_id, subscription = _envelope(delivery)
+    given = attributes.get("correlation_id")
+    if correlation.well_formed(given):
+        correlation_id = given
+    else:
+        correlation_id = f"pubsub-{message_id}" if message_id else correlation.current()
+    token = correlation.activate(correlation_id)
+    try:
+        return _pubsub_route(delivery, data, attributes, message_id, subscription)
+    finally:
+        correlation.deactivate(token)
+
+
+def _pubsub_route(
+    delivery: WebhookDelivery,
+    data: Any,
+    attributes: dict[str, str],
+    message_id: str,
+    subscription: str,
+) -> dict[str, Any]:
     kind = attributes.get("kind") or _kind_for(subscription)
     summary: dict[str, Any] = {"message_id": message_id, "kind": kind}
     try:

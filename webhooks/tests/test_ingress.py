@@ -139,6 +139,27 @@ def test_push_routes_a_chat_message_and_enqueues_before_2xx(client, queued) -> N
     assert queued() == 1
 
 
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [({"correlation_id": "order-77"}, "order-77"), ({}, "pubsub-1001")],
+)
+def test_push_work_carries_the_messages_correlation_id(
+    client, queued, attributes, expected
+) -> None:
+    # As the bridge does: the message's id, not the push request's.
+    from vocoeng import correlation
+    from vocoeng.celery import app
+
+    response = _push(client, CHAT, attributes={"kind": "chat_message", **attributes})
+    assert response.status_code == 200
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("ai")
+        message = queue.get(timeout=5)
+        message.ack()
+        queue.close()
+    assert message.headers[correlation.HEADER] == expected
+
+
 def test_push_kind_comes_from_the_subscription_name(client, queued) -> None:
     sub = "projects/p/subscriptions/vocoeng-messages-push"
     assert _push(client, CHAT, sub=sub).status_code == 200
