@@ -114,6 +114,21 @@ def wrong_type_at_some_field(draw, doc: Any, *, top_level: bool = False) -> Any:
     return replaced(doc, path, value)
 
 
+# One value of each JSON type, for the exhaustive sweeps below.
+WRONG_VALUES = [None, True, 0, 1.5, "", "x", [], [1], {}, {"a": 1}]
+
+
+def every_wrong_type(doc: Any, *, top_level: bool = False) -> list[Any]:
+    """Return ``doc`` once per (field, value of another type), every field."""
+    return [
+        replaced(doc, path, value)
+        for path in paths(doc)
+        if len(path) == 1 or not top_level
+        for value in WRONG_VALUES
+        if type_of(value) != type_of(get(doc, path))
+    ]
+
+
 @st.composite
 def unknown_fields(draw, doc: Any) -> Any:
     """Return ``doc`` with extra keys added to some of its objects."""
@@ -211,6 +226,16 @@ def test_whatsapp_wrong_type_at_any_field_is_200_or_400_never_a_crash(
     assert_recorded_once(response, before)
 
 
+def test_whatsapp_every_field_with_every_wrong_type_is_200_or_400(client) -> None:
+    docs = every_wrong_type(whatsapp_body())
+    assert len(docs) > 200  # every field of the body, not a sample
+    for doc in docs:
+        Message.objects.filter(external_id="wamid.FUZZ").delete()
+        before = snapshot()
+        response = post_signed(client, json.dumps(doc).encode())
+        assert_recorded_once(response, before)
+
+
 @FUZZ
 @given(doc=unknown_fields(whatsapp_body()))
 def test_whatsapp_unknown_fields_are_ignored(client, doc) -> None:
@@ -300,6 +325,13 @@ def test_aisensy_wrong_types_and_unknown_fields_never_crash(client, doc) -> None
     before = snapshot()
     response = post_aisensy(client, json.dumps(doc).encode())
     assert_recorded_once(response, before)
+
+
+def test_aisensy_every_field_with_every_wrong_type_is_200_or_400(client) -> None:
+    for doc in every_wrong_type(aisensy_body()):
+        Message.objects.filter(external_id="aisensy-fuzz-1").delete()
+        before = snapshot()
+        assert_recorded_once(post_aisensy(client, json.dumps(doc).encode()), before)
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
@@ -413,6 +445,15 @@ def test_api_source_wrong_type_is_a_400_with_nothing_written(
     assert_rejected_cleanly(
         post_api(client, json.dumps(doc).encode(), api_auth), before
     )
+
+
+def test_api_source_every_field_with_every_wrong_type_is_a_400(
+    client, api_auth
+) -> None:
+    for doc in every_wrong_type(chat(), top_level=True):
+        before = snapshot()
+        response = post_api(client, json.dumps(doc).encode(), api_auth)
+        assert_rejected_cleanly(response, before)
 
 
 @FUZZ
