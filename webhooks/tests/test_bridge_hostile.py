@@ -30,6 +30,7 @@ from webhooks.tests.test_bridge import pull
 from webhooks.tests.test_hostile import (
     FUZZ,
     chat,
+    every_wrong_type,
     invalid_utf8,
     nested,
     unknown_fields,
@@ -137,6 +138,15 @@ def test_chat_message_with_a_wrong_type_is_dead_lettered(dead_letter_topic, doc)
     reason = assert_dead_lettered(d, handle(d), before)
     wrong = next(k for k in chat() if doc.get(k, chat()[k]) != chat()[k])
     assert wrong in reason or "JSON object" in reason, (wrong, reason)
+
+
+def test_chat_message_every_field_with_every_wrong_type_is_dead_lettered(
+    dead_letter_topic,
+) -> None:
+    for doc in every_wrong_type(chat(), top_level=True):
+        d = delivery(json.dumps(doc).encode(), kind="chat_message")
+        before = rows()
+        assert_dead_lettered(d, handle(d), before)
 
 
 @FUZZ
