@@ -17,7 +17,7 @@ from . import services
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.ANALYTICS,
+    route=Queue.ANALYTICS,
     autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=True,
     retry_backoff_max=60,

@@ -19,7 +19,7 @@ from .stores import StoreError
     ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.AI,
+    route=Queue.AI,
     autoretry_for=(StoreError,),
     retry_backoff=True,
     retry_backoff_max=60,
@@ -40,7 +40,7 @@ def reply_generate(self, message_id: str) -> str | None:
     ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.DEFAULT,
+    route=Queue.DEFAULT,
     autoretry_for=(ConnectionError, TimeoutError),
     retry_backoff=True,
     retry_jitter=True,
@@ -62,7 +62,7 @@ def reply_publish(self, reply_id: str | None) -> str | None:
     ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.DEFAULT,
+    route=Queue.DEFAULT,
     max_retries=6,
 )
 def reply_deliver(self, reply_id: str | None) -> str | None:

@@ -37,7 +37,7 @@ _STEP_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,
-    "queue": Queue.AI,
+    "route": Queue.AI,
     "max_retries": None,
 }
 
@@ -60,7 +60,7 @@ def aggregate(self, run_id: str, name: str = "aggregate", failures: int = 0) -> 
     return _run_step(self, run_id, name, failures)
 
 
-@shared_task(name="pipeline.reap", acks_late=True, queue=Queue.DEFAULT)
+@shared_task(name="pipeline.reap", acks_late=True, route=Queue.DEFAULT)
 def reap() -> dict[str, int]:
     """Time out overdue runs and requeue abandoned steps (celery beat)."""
     return services.runs_reap()

@@ -238,6 +238,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-routes
+CELERY_TASK_ROUTES = ("vocoeng.queues.route_task",)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
 CELERY_TASK_ACKS_LATE = True
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost

@@ -16,6 +16,6 @@ def test_registered_task_names_are_stable() -> None:
 
 def test_ai_task_runs_late_acked_on_the_ai_queue() -> None:
     task = app.tasks["conversations.reply_generate"]
-    assert task.queue == "ai"
+    assert app.amqp.router.route({}, task.name, task_type=task)["queue"].name == "ai"
     assert task.acks_late is True
     assert task.reject_on_worker_lost is True

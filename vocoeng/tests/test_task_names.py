@@ -14,7 +14,7 @@ from vocoeng.queues import Queue
 def test_task_names_and_queues_are_stable() -> None:
     app.loader.import_default_modules()
     ours = {
-        name: app.tasks[name].queue
+        name: app.tasks[name].route
         for name in app.tasks
         if not name.startswith("celery.")
     }
@@ -28,6 +28,18 @@ def test_task_names_and_queues_are_stable() -> None:
         "pipeline.reap": Queue.DEFAULT,
         "pipeline.review": Queue.AI,
     }
+
+
+def test_the_router_sends_each_task_to_its_queue() -> None:
+    app.loader.import_default_modules()
+    router = app.amqp.router
+    for name, task in app.tasks.items():
+        if not name.startswith("celery."):
+            assert router.route({}, name, task_type=task)["queue"].name == task.route
+    # An explicit queue at the call still wins.
+    task = app.tasks["conversations.reply_generate"]
+    chosen = router.route({"queue": "default"}, task.name, task_type=task)
+    assert chosen["queue"].name == "default"
 
 
 def test_every_task_acks_late() -> None:
