@@ -15,4 +15,3 @@ def rate_limit_parse(value: str) -> tuple[int, int] | None:
     if seconds is None or not count.strip().isdigit():
         raise ValueError(f"rate limit {value!r} is not like '20/min'")
     return int(count), seconds
-
