@@ -227,6 +227,10 @@ LOGGING = {
 # --- Celery -------------------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL == "filesystem://":
+    # The transport ignores the host, but kombu warns "No hostname was
+    # supplied" on every connection without one.
+    CELERY_BROKER_URL = "filesystem://localhost/"
 BROKER_DIR = Path(env.str("CELERY_FILESYSTEM_DIR", default=str(VAR_DIR / "broker")))
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
