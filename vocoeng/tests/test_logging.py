@@ -342,4 +342,5 @@ def test_bridge_command_logs_json_with_its_role_and_message_ids(
         assert record["role"] == "bridge"
         assert f"message_id={message_id}" in record["message"]
         assert "correlation_id=from-publisher" in record["message"]
+        assert record["correlation_id"] == "from-publisher"  # a field, for jq
     assert "bridge secret text" not in out

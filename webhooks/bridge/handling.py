@@ -100,6 +100,7 @@ def _log(event: str, d: Delivery, extra: str = "", *args: object) -> None:
         d.correlation_id,
         d.delivery_attempt,
         *args,
+        extra={"correlation_id": d.correlation_id},  # a JSON field too
     )
 
 
