@@ -42,7 +42,10 @@ _STEP_OPTIONS: dict[str, Any] = {
 }
 
 
-@shared_task(name="pipeline.expand", **_STEP_OPTIONS)
+# Only the chord's header (the reviews) needs its results stored: the chord
+# counts them. expand and aggregate are read from StepProgress, never from the
+# result backend, so storing theirs would be two wasted writes per run.
+@shared_task(name="pipeline.expand", ignore_result=True, **_STEP_OPTIONS)
 def expand(self, run_id: str, name: str = "expand", failures: int = 0) -> dict:
     """Expand the run's idea into a brief."""
     return _run_step(self, run_id, name, failures)
@@ -54,7 +57,7 @@ def review(self, run_id: str, name: str, failures: int = 0) -> dict:
     return _run_step(self, run_id, name, failures)
 
 
-@shared_task(name="pipeline.aggregate", **_STEP_OPTIONS)
+@shared_task(name="pipeline.aggregate", ignore_result=True, **_STEP_OPTIONS)
 def aggregate(self, run_id: str, name: str = "aggregate", failures: int = 0) -> dict:
     """Merge the reviews into the consensus and finish the run."""
     return _run_step(self, run_id, name, failures)

@@ -52,6 +52,11 @@ def test_a_run_succeeds_with_every_step_and_the_consensus(
     out = worker.output()
     for event in ("job_started", "step_started", "step_completed", "job_completed"):
         assert f"{event} run={run.pk}" in out
+    # Only the chord's header stores results (the chord counts them).
+    from django_celery_results.models import TaskResult
+
+    stored = TaskResult.objects.values_list("task_name", flat=True)
+    assert sorted(stored) == ["pipeline.review"] * len(PERSONAS)
 
 
 def test_one_persona_failing_every_time_makes_the_run_partial(
