@@ -68,6 +68,11 @@ def _process(
     return JsonResponse({"status": "ok", "delivery": str(delivery.pk), **summary})
 
 
+def _unavailable(source: str, exc: Exception) -> JsonResponse:
+    logger.error("webhook_failed source=%s (channel lookup)", source, exc_info=exc)
+    return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
+
+
 def _json_or_none(body: bytes) -> Any:
     try:
         return json.loads(body)
@@ -116,6 +121,8 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
         )
     except channels.UnknownChannel as exc:
         return _unauthorized("whatsapp", exc.reason, 403)
+    except DatabaseError as exc:  # the sender retries
+        return _unavailable("whatsapp", exc)
     secrets = {channels.whatsapp_app_secret(c) for c in resolved.values()} or {
         settings.WHATSAPP_APP_SECRET
     }
@@ -143,6 +150,8 @@ def aisensy(request: HttpRequest) -> HttpResponse:
         channel = channels.aisensy_channel_for_secret(given=given)
     except channels.UnknownChannel as exc:
         return _unauthorized("aisensy", exc.reason, 403)
+    except DatabaseError as exc:
+        return _unavailable("aisensy", exc)
     return _receive(
         request,
         source="aisensy",

@@ -228,3 +228,25 @@ def test_a_channels_own_rate_limit_applies(client, channels, queued) -> None:
         )
     statuses = dict(Message.objects.values_list("content", "status"))
     assert statuses == {"one": "received", "two": "rate_limited"}
+
+
+def test_database_down_during_the_channel_lookup_is_503(client, monkeypatch) -> None:
+    from django.db import OperationalError
+
+    from vocoeng import channels as lookup
+
+    def down(**_):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(lookup, "whatsapp_channels_resolve", down)
+    monkeypatch.setattr(lookup, "aisensy_channel_for_secret", down)
+    response = _post(client, NUMBER_A, "1555", "hi", "secret-a")
+    assert response.status_code == 503  # Meta retries; nothing was half-done
+    response = client.post(
+        "/webhooks/aisensy/",
+        data={},
+        content_type="application/json",
+        HTTP_X_AISENSY_SECRET="x",
+    )
+    assert response.status_code == 503
+    assert not Message.objects.exists()
