@@ -8,7 +8,6 @@ reply chain enqueued after commit), status reports move outbound messages.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -190,12 +189,20 @@ def inbound_ingest(
     return "queued"
 
 
-def _notification(body: str | bytes, parse: Parser) -> Notification:
-    """Parse a delivery's body or raise DeliveryRejected with the reason."""
+def _decoded(body: str | bytes) -> Any:
+    """Return a delivery's JSON body or raise DeliveryRejected with the reason."""
     try:
-        data = decode_json(body)  # not UTF-8, not JSON, nested too deeply
+        return decode_json(body)  # not UTF-8, not JSON, nested too deeply
     except PermanentMessageError as exc:
         raise DeliveryRejected(exc.reason) from exc
+
+
+def _notification(body: str | bytes, parse: Parser) -> Notification:
+    """Parse a delivery's body or raise DeliveryRejected with the reason."""
+    return _parsed(_decoded(body), parse)
+
+
+def _parsed(data: Any, parse: Parser) -> Notification:
     try:
         return parse(data)
     except NotANotification as exc:
@@ -415,8 +422,9 @@ def _replay_channel_of(delivery: WebhookDelivery, data: Any) -> ChannelOf:
 def _process(delivery: WebhookDelivery, *, parse: Parser, source: str) -> dict:
     """Process an already recorded delivery again (the replay path)."""
     try:
-        notification = _notification(delivery.body, parse)
-        channel_of = _replay_channel_of(delivery, json.loads(delivery.body))
+        data = _decoded(delivery.body)
+        notification = _parsed(data, parse)
+        channel_of = _replay_channel_of(delivery, data)
     except DeliveryRejected as exc:
         _finish(
             delivery,
