@@ -232,13 +232,10 @@ def reply_generate(*, message_id: Any) -> Message | None:
     try:
         # The one-to-one reply_to is the guard: a racing duplicate loses here.
         with transaction.atomic():
-            reply = Message.objects.create(
-                conversation=inbound.conversation,
-                channel=inbound.channel,
-                role=Message.Role.ASSISTANT,
-                content=completion.text,
-                status=Message.Status.PENDING,
-                reply_to=inbound,
+            reply = _reply_store(
+                inbound=inbound,
+                text=completion.text,
+                inbound_status=Message.Status.REPLIED,
                 provider=completion.provider,
                 model=completion.model,
                 prompt_tokens=completion.prompt_tokens,
@@ -253,12 +250,6 @@ def reply_generate(*, message_id: Any) -> Message | None:
             for attempt in completion.attempts if guard is None else ():
                 if attempt.ok:
                     _record_attempt(inbound, tenant_id, attempt)
-            Message.objects.filter(pk=inbound.pk).update(status=Message.Status.REPLIED)
-            Conversation.objects.filter(pk=inbound.conversation_id).update(
-                message_count=F("message_count") + 1,
-                last_response=completion.text,
-                last_activity=timezone.now(),
-            )
     except IntegrityError:
         reply = Message.objects.get(reply_to=inbound)
         logger.info("idempotent_skip message=%s reply=%s", inbound.id, reply.id)
@@ -276,6 +267,39 @@ def reply_generate(*, message_id: Any) -> Message | None:
     return reply
 
 
+def _reply_store(
+    *,
+    inbound: Message,
+    text: str,
+    inbound_status: str,
+    inbound_error: str = "",
+    **fields: Any,
+) -> Message:
+    """Store ``text`` as the pending reply to ``inbound`` (in the caller's
+    transaction): the reply, the inbound message's status and the
+    conversation's counters. A second reply to the same message raises
+    IntegrityError (the one-to-one ``reply_to``)."""
+    reply = Message.objects.create(
+        conversation=inbound.conversation,
+        channel=inbound.channel,
+        role=Message.Role.ASSISTANT,
+        content=text,
+        status=Message.Status.PENDING,
+        reply_to=inbound,
+        **fields,
+    )
+    marked: dict[str, Any] = {"status": inbound_status}
+    if inbound_error:
+        marked["error"] = inbound_error[:2000]
+    Message.objects.filter(pk=inbound.pk).update(**marked)
+    Conversation.objects.filter(pk=inbound.conversation_id).update(
+        message_count=F("message_count") + 1,
+        last_response=text,
+        last_activity=timezone.now(),
+    )
+    return reply
+
+
 def _reply_over_budget(inbound: Message, reason: str) -> Message | None:
     """Mark a message over budget; return the tenant's fallback reply, if any.
 
@@ -283,27 +307,20 @@ def _reply_over_budget(inbound: Message, reason: str) -> Message | None:
     them); the fallback text goes out as a normal reply, without a model call.
     """
     text = inbound.conversation.tenant.over_budget_text
+    if not text:
+        Message.objects.filter(pk=inbound.pk).update(
+            status=Message.Status.OVER_BUDGET, error=reason[:2000]
+        )
+        logger.warning("reply_over_budget message=%s sent=none", inbound.id)
+        return None
     try:
         with transaction.atomic():
-            Message.objects.filter(pk=inbound.pk).update(
-                status=Message.Status.OVER_BUDGET, error=reason[:2000]
-            )
-            if not text:
-                logger.warning("reply_over_budget message=%s sent=none", inbound.id)
-                return None
-            reply = Message.objects.create(
-                conversation=inbound.conversation,
-                channel=inbound.channel,
-                role=Message.Role.ASSISTANT,
-                content=text,
-                status=Message.Status.PENDING,
-                reply_to=inbound,
+            reply = _reply_store(
+                inbound=inbound,
+                text=text,
+                inbound_status=Message.Status.OVER_BUDGET,
+                inbound_error=reason,
                 metadata={"over_budget": True, "reason": reason[:500]},
-            )
-            Conversation.objects.filter(pk=inbound.conversation_id).update(
-                message_count=F("message_count") + 1,
-                last_response=text,
-                last_activity=timezone.now(),
             )
     except IntegrityError:
         return Message.objects.get(reply_to=inbound)

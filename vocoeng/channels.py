@@ -45,7 +45,7 @@ def agent_for(channel: Channel | None) -> Agent:
             system_prompt=settings.AI_SYSTEM_PROMPT,
             providers=None,
             history_length=settings.AI_HISTORY_MESSAGES,
-            tools=list(getattr(settings, "AI_TOOLS", [])),
+            tools=list(settings.AI_TOOLS),
             rate_limit=settings.AI_USER_RATE_LIMIT,
         )
     return Agent(
