@@ -22,6 +22,7 @@ from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as BrokerError
 
 from vocoeng.celery import app
+from vocoeng.celery_batch import publish_many
 from vocoeng.correlation import headers_for
 from vocoeng.routing import PermanentMessageError, decode_json, route_messages
 
@@ -40,6 +41,8 @@ from .handling import (
     _dead_letter,
     _handle_claimed,
     _log,
+    log_batch,
+    log_flush,
 )
 
 logger = logging.getLogger("webhooks.bridge")
@@ -52,9 +55,21 @@ BUSY_PAUSE_SECONDS = 0.5
 def batch_handle(
     deliveries: list[Delivery], *, retry_seconds: float, stop: threading.Event
 ) -> list[Result]:
-    """Handle ``deliveries``; return one result per delivery, in order."""
-    for d in deliveries:
-        _log("received", d)
+    """Handle ``deliveries``; return one result per delivery, in order.
+
+    The per-message log lines are written together: the batch's ``received``
+    lines before it is handled, the outcome lines after.
+    """
+    with log_batch():
+        for d in deliveries:
+            _log("received", d)
+        log_flush()
+        return _batch_handle(deliveries, retry_seconds=retry_seconds, stop=stop)
+
+
+def _batch_handle(
+    deliveries: list[Delivery], *, retry_seconds: float, stop: threading.Event
+) -> list[Result]:
     try:
         claims = dedup_claim_many(
             items=[(d.kind or "-", d.key, d.message_id) for d in deliveries]
@@ -177,6 +192,7 @@ def enqueue_many(
     """
     started = time.monotonic()
     delay = 0.25
+    items = [(signature, headers_for(cid)) for signature, cid in signatures]
     while True:
         try:
             _share_producer_with_chains()
@@ -184,14 +200,7 @@ def enqueue_many(
                 _shared.producer = producer
                 try:
                     with producer.batch(max_size=4 * len(signatures) + 4) as batch:
-                        task_ids = [
-                            signature.apply_async(
-                                headers=headers_for(correlation_id),
-                                retry=False,
-                                producer=producer,
-                            ).id
-                            for signature, correlation_id in signatures
-                        ]
+                        task_ids = publish_many(items, producer=producer)
                         batch.flush()
                 finally:
                     _shared.producer = None

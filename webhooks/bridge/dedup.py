@@ -13,13 +13,14 @@ than the redeliveries the claim absorbs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from vocoeng import pg_bulk
 from vocoeng.models import ProcessedMessage
 
 
@@ -79,14 +80,23 @@ def dedup_claim_many(
     first: dict[tuple[str, str], str] = {}
     for kind, key, message_id in items:
         first.setdefault((kind, key), message_id)
-    claims: dict[tuple[str, str], Claim] = {}
+    rows = list(first.items())
+    claim = _claim_pg if pg_bulk.is_postgres() else _claim_values
+    claims = {(kind, key): Claim.CLAIMED for kind, key in claim(rows, now)}
+    return _judge_taken(first, claims, now)
+
+
+def _claim_values(
+    rows: list[tuple[tuple[str, str], str]], now: datetime
+) -> list[tuple[str, str]]:
+    """Insert the free claims, ``_CHUNK`` rows a statement; return the keys taken."""
     table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
     stamp = connection.ops.adapt_datetimefield_value(now)
     q = connection.ops.quote_name
-    columns = ", ".join(
-        q(c) for c in ("kind", "key", "message_id", "state", "claimed_at", "created_at")
+    columns = pg_bulk.quoted(
+        "kind", "key", "message_id", "state", "claimed_at", "created_at"
     )
-    rows = list(first.items())
+    taken: list[tuple[str, str]] = []
     with transaction.atomic():
         with connection.cursor() as cursor:
             for start in range(0, len(rows), _CHUNK):
@@ -101,8 +111,41 @@ def dedup_claim_many(
                     f"DO NOTHING RETURNING {q('kind')}, {q('key')}",
                     params,
                 )
-                for kind, key in cursor.fetchall():
-                    claims[(kind, key)] = Claim.CLAIMED
+                taken.extend(cursor.fetchall())
+    return taken
+
+
+def _claim_pg(
+    rows: list[tuple[tuple[str, str], str]], now: datetime
+) -> list[tuple[str, str]]:
+    """Insert the free claims in one fixed statement; return the keys taken."""
+    table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
+    columns = pg_bulk.quoted(
+        "kind", "key", "message_id", "state", "claimed_at", "created_at"
+    )
+    conflict = pg_bulk.quoted("kind", "key")
+    return pg_bulk.execute(
+        f"INSERT INTO {table} ({columns}) "  # noqa: S608 - our names
+        "SELECT u.kind, u.key, u.mid, %s, %s, %s "
+        "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(kind, key, mid) "
+        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {conflict}",
+        [
+            ProcessedMessage.State.PENDING.value,
+            now,
+            now,
+            [kind for (kind, _), _ in rows],
+            [key for (_, key), _ in rows],
+            [message_id for _, message_id in rows],
+        ],
+    )
+
+
+def _judge_taken(
+    first: dict[tuple[str, str], str],
+    claims: dict[tuple[str, str], Claim],
+    now: datetime,
+) -> dict[tuple[str, str], Claim]:
+    """Judge the keys the INSERT did not take, as :func:`dedup_claim` does."""
     taken = [k for k in first if k not in claims]
     if not taken:
         return claims
@@ -138,6 +181,15 @@ def dedup_finish_many(*, keys: Iterable[tuple[str, str]], dead: bool = False) ->
     """Mark many ``(kind, key)`` claims done (or dead) in one UPDATE per kind."""
     state = ProcessedMessage.State.DEAD if dead else ProcessedMessage.State.DONE
     for kind, group in _by_kind(keys).items():
+        if pg_bulk.is_postgres():
+            table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
+            q = connection.ops.quote_name
+            pg_bulk.execute(
+                f"UPDATE {table} SET {q('state')} = %s "  # noqa: S608 - our names
+                f"WHERE {q('kind')} = %s AND {q('key')} = ANY(%s::text[])",
+                [state.value, kind, group],
+            )
+            continue
         ProcessedMessage.objects.filter(kind=kind, key__in=group).update(state=state)
 
 

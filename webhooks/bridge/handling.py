@@ -10,6 +10,8 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -88,10 +90,15 @@ _LINE = (
 )
 
 
+_local = threading.local()
+
+
 def _log(event: str, d: Delivery, extra: str = "", *args: object) -> None:
+    """Log the per-message line of ``event``; inside :func:`log_batch`, later."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     line = _LINE + extra  # extra is a constant format suffix
-    logger.info(
-        line,
+    fields = (
         event,
         d.subscription,
         d.message_id,
@@ -100,8 +107,87 @@ def _log(event: str, d: Delivery, extra: str = "", *args: object) -> None:
         d.correlation_id,
         d.delivery_attempt,
         *args,
-        extra={"correlation_id": d.correlation_id},  # a JSON field too
     )
+    cid = {"correlation_id": d.correlation_id}  # a JSON field too
+    pending = getattr(_local, "records", None)
+    if pending is None:
+        logger.info(line, *fields, extra=cid)
+    else:
+        pending.append(
+            logger.makeRecord(
+                logger.name, logging.INFO, __file__, 0, line, fields, None, "_log", cid
+            )
+        )
+
+
+def log_flush() -> None:
+    """Write the lines held by :func:`log_batch` so far."""
+    records = getattr(_local, "records", None)
+    if records:
+        _local.records = []
+        handle_many(logger, records)
+
+
+@contextmanager
+def log_batch() -> Iterator[None]:
+    """Hold this thread's per-message lines; write them together on exit.
+
+    Each line stays one record (same format, filters and handlers); a stream
+    handler writes the lines of a batch in one write and one flush instead of
+    one of each per line (each a system call, and a GIL hand-over).
+    """
+    _local.records = []
+    try:
+        yield
+    finally:
+        try:
+            log_flush()
+        finally:
+            _local.records = None
+
+
+def handle_many(log: logging.Logger, records: list[logging.LogRecord]) -> None:
+    """Do what ``log.handle(record)`` does for each record, a handler at a time.
+
+    A plain StreamHandler formats every record it accepts and writes them in
+    one ``write`` and one ``flush``; any other handler handles them one by
+    one. Logger and handler filters and levels apply as usual.
+    """
+    records = [r for r in records if not log.disabled and log.filter(r)]
+    if not records:
+        return
+    current: logging.Logger | None = log
+    found = False
+    while current is not None:
+        for handler in current.handlers:
+            found = True
+            accepted = [r for r in records if r.levelno >= handler.level]
+            if type(handler).emit is not logging.StreamHandler.emit:
+                for record in accepted:
+                    handler.handle(record)
+                continue
+            assert isinstance(handler, logging.StreamHandler)
+            lines = []
+            for record in accepted:
+                if not handler.filter(record):
+                    continue
+                try:
+                    lines.append(handler.format(record) + handler.terminator)
+                except Exception:
+                    handler.handleError(record)
+            if not lines:
+                continue
+            with handler.lock:
+                try:
+                    handler.stream.write("".join(lines))
+                    handler.flush()
+                except Exception:
+                    handler.handleError(accepted[0])
+        current = current.parent if current.propagate else None
+    if not found and logging.lastResort is not None:
+        for record in records:
+            if record.levelno >= logging.lastResort.level:
+                logging.lastResort.handle(record)
 
 
 def enqueue(

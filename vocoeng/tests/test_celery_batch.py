@@ -1,0 +1,182 @@
+"""publish_many sends the very messages apply_async sends, and a worker runs them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+import pytest
+from celery.canvas import Signature, _chain, chain, group
+
+from conftest import wait_for
+from vocoeng.celery import app
+from vocoeng.celery_batch import publish_many, uuids
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _published(publish: Any, queue: str) -> list[dict[str, Any]]:
+    """Publish on an in-memory broker; return the messages that reached ``queue``."""
+    with app.connection_for_write("memory://") as conn:
+        publish(conn)
+        channel = conn.default_channel
+        messages = []
+        while True:
+            try:
+                messages.append(channel._get(queue))
+            except Exception:  # kombu's Empty: the queue is drained
+                break
+        return messages
+
+
+def _normal(message: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Return the message with its body decoded and each UUID named by order."""
+    message = dict(message)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    text = json.dumps(message, sort_keys=True)
+    names: dict[str, str] = {}
+    text = UUID.sub(lambda m: names.setdefault(m.group(), f"<id{len(names)}>"), text)
+    return json.loads(text), list(names)
+
+
+def _both(signature_of: Any, queue: str = "ai") -> tuple[Any, Any, str, str]:
+    headers = {"x_correlation_id": "c-1"}
+    ref = _published(
+        lambda conn: signature_of().apply_async(
+            headers=dict(headers), retry=False, connection=conn
+        ),
+        queue,
+    )
+    ids: list[str] = []
+
+    def fast(conn: Any) -> None:
+        with app.amqp.Producer(conn) as producer:
+            ids.extend(publish_many([(signature_of(), headers)], producer=producer))
+
+    ours = _published(fast, queue)
+    assert len(ref) == len(ours) == 1
+    (a, _), (b, b_ids) = _normal(ref[0]), _normal(ours[0])
+    return a, b, b_ids, ids[0]
+
+
+def _reply_chain() -> Signature:
+    from conversations.tasks import reply_deliver, reply_generate, reply_publish
+
+    return chain(reply_generate.si("pk-1"), reply_publish.s(), reply_deliver.s())
+
+
+def test_a_chain_is_the_message_apply_async_sends() -> None:
+    ref, ours, raw_ids, task_id = _both(_reply_chain)
+
+    assert ours == ref  # same headers, properties and body, chain included
+    assert [step["task"] for step in ours["body"][2]["chain"]] == [
+        "conversations.reply_deliver",
+        "conversations.reply_publish",
+    ]
+    assert ours["headers"]["x_correlation_id"] == "c-1"
+    # apply_async().id of a chain is its last step's
+    last = ours["body"][2]["chain"][0]["options"]["task_id"]  # "<idN>"
+    assert raw_ids[int(last[3:-1])] == task_id
+
+
+def test_a_chain_built_without_folding_is_the_same_message() -> None:
+    from conversations.tasks import reply_deliver, reply_generate, reply_publish
+
+    ref, ours, _, _ = _both(_reply_chain)
+    _, folded_not, _, _ = _both(
+        lambda: _chain(reply_generate.si("pk-1"), reply_publish.s(), reply_deliver.s())
+    )
+    assert folded_not == ref == ours
+
+
+def test_a_single_task_with_a_queue_option_is_the_same_message() -> None:
+    from conversations.tasks import reply_generate
+
+    ref, ours, _, _ = _both(
+        lambda: reply_generate.si("pk-2").set(queue="default"),
+        queue="default",
+    )
+    assert ours == ref
+
+
+def test_a_task_this_process_does_not_know_is_sent_by_name() -> None:
+    ref, ours, _, _ = _both(
+        lambda: app.signature("elsewhere.task", args=("x",), queue="ai")
+    )
+    assert ours == ref
+
+
+def test_long_arguments_get_celerys_truncated_argsrepr() -> None:
+    from conversations.tasks import reply_generate
+
+    ref, ours, _, _ = _both(lambda: reply_generate.si("x" * 5000))
+    assert ours == ref
+    assert len(ours["headers"]["argsrepr"]) < 5000
+
+
+def test_other_canvases_go_through_apply_async() -> None:
+    from conversations.tasks import reply_generate
+
+    ref, ours, _, _ = _both(
+        lambda: reply_generate.si("pk-3").set(countdown=30), queue="ai"
+    )
+    assert ours["headers"]["eta"] is not None  # apply_async honoured countdown
+    assert ours.keys() == ref.keys()
+
+    def two(conn: Any) -> None:
+        with app.amqp.Producer(conn) as producer:
+            publish_many(
+                [(group(reply_generate.si("a"), reply_generate.si("b")), {})],
+                producer=producer,
+            )
+
+    assert len(_published(two, "ai")) == 2
+
+
+def test_uuids_are_distinct_version_4_ids() -> None:
+    ids = uuids(1000)
+    assert len(set(ids)) == 1000
+    assert all(UUID.fullmatch(i) and i[14] == "4" and i[19] in "89ab" for i in ids)
+
+
+@pytest.mark.timeout(120)
+def test_a_real_worker_runs_chains_published_in_a_batch(celery_worker_factory) -> None:
+    from conversations.models import Message
+    from conversations.routes import inbound_store_many, reply_chain
+    from vocoeng.services import tenant_get_default
+
+    tenant = tenant_get_default()
+    stored = inbound_store_many(
+        entries=[
+            {
+                "tenant": tenant,
+                "channel": "api",
+                "user_id": f"u-{n}",
+                "text": f"hello {n}",
+                "external_id": f"batch-{n}",
+                "metadata": {},
+            }
+            for n in range(3)
+        ]
+    )
+    worker = celery_worker_factory()
+    with app.producer_or_acquire() as producer, producer.batch(max_size=64) as batch:
+        publish_many(
+            [(reply_chain(m), {"x_correlation_id": f"c-{m.pk}"}) for m in stored],
+            producer=producer,
+        )
+        batch.flush()
+
+    delivered = Message.objects.filter(role="assistant", status="delivered")
+    wait_for(lambda: delivered.count() == 3, timeout=60)
+    for message in stored:
+        message.refresh_from_db()
+        assert message.reply.status == Message.Status.DELIVERED
+    for task in ("reply_generate", "reply_publish", "reply_deliver"):
+        logged = re.findall(
+            rf"task_started task=conversations\.{task} id=\S+ correlation_id=(\S+)",
+            worker.output(),
+        )
+        assert sorted(logged) == sorted(f"c-{m.pk}" for m in stored)
