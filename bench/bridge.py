@@ -13,6 +13,10 @@ client, so both subscriptions hold all N. Then:
     ``chat_message`` pointed at a route that only enqueues a no-op task: the
     bridge's own cost (dedup claims, enqueue, ack) without the route's writes.
 
+The bridge runs with the command's defaults (``--batch-workers 1``, batch size
+200) and the bare subscriber's ``--max-in-flight``; ``--processes N`` runs N
+bridge processes (each with that flow control) and counts the CPU of all.
+
 Prints messages/s of both, b/a (target >= 0.6), and the counts lost and
 duplicated, read from the Celery messages in Redis (one ``reply_generate`` per
 inbound row, each naming its row). Uses DATABASE_URL when set (a separate
@@ -153,6 +157,18 @@ def bare(subscription: str, n: int, max_in_flight: int) -> tuple[float, float]:
     return n / elapsed, cpu / n * 1e6
 
 
+def tree_cpu(pid: int) -> float:
+    """Return the CPU seconds of ``pid`` and its descendants (--processes)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += tree_cpu(int(child))
+            except FileNotFoundError:  # exited meanwhile
+                pass
+    return total
+
+
 def queue_key(prefix: str) -> str:
     return f"{prefix}ai"
 
@@ -185,7 +201,7 @@ def bridge(
                 raise RuntimeError("the bridge exited")
             time.sleep(0.01)
         started, base_count = time.monotonic(), r.llen(key)
-        cpu_start = cpu_seconds(proc.pid)
+        cpu_start = tree_cpu(proc.pid)
         deadline = started + 900
         last, last_change = base_count, time.monotonic()
         while (count := r.llen(key)) < n and time.monotonic() < deadline:
@@ -196,7 +212,7 @@ def bridge(
             time.sleep(0.02)
         elapsed = time.monotonic() - started
         done = r.llen(key) - base_count
-        cpu = cpu_seconds(proc.pid) - cpu_start
+        cpu = tree_cpu(proc.pid) - cpu_start
         return done / elapsed, cpu / max(done, 1) * 1e6
     finally:
         proc.terminate()
@@ -219,7 +235,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--max-in-flight", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--batch-workers", type=int, default=2)
+    parser.add_argument("--batch-workers", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
     n = args.messages
 
@@ -255,6 +272,7 @@ def main() -> None:
         *("--max-in-flight", str(args.max_in_flight)),
         *("--batch-size", str(args.batch_size)),
         *("--batch-workers", str(args.batch_workers)),
+        *("--processes", str(args.processes)),
     ]
     os.environ["PUBSUB_EMULATOR_HOST"] = address
     r = redis.Redis.from_url(redis_url)
@@ -282,7 +300,8 @@ def main() -> None:
 
         print(
             f"messages {n}, max in flight {args.max_in_flight}, batch size "
-            f"{args.batch_size}, batch workers {args.batch_workers}"
+            f"{args.batch_size}, batch workers {args.batch_workers}, bridge "
+            f"processes {args.processes}"
         )
         print(f"database {db_desc}; broker {broker_desc}; emulator {address}")
         published = publish(topic, n)

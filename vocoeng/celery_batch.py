@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery.canvas import Signature, _chain
+from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
 
 from .celery import app
@@ -123,6 +124,7 @@ def publish_many(
     plans: dict[tuple[str, Any], _Plan] = {}
     declared: set[str] = set()
     reply_to = app.thread_oid
+    origin = anon_nodename()  # what as_task_v2 computes for every message
     sent_event = conf.task_send_sent_event
     args_max, kwargs_max = amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize
     steps_of = [_steps(signature) for signature, _ in items]
@@ -183,6 +185,7 @@ def publish_many(
             None,  # parent_id
             None if task is None else task.shadow_name(args, kwargs, plan.options),
             chain or None,
+            origin=origin,
             ignore_result=plan.ignore_result,
             replaced_task_nesting=0,
             argsrepr=_repr(args, args_max),

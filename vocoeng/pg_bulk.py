@@ -24,10 +24,14 @@ def is_postgres() -> bool:
 
 def execute(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run ``sql`` with server-side binding; return its rows (if it has any)."""
+    import psycopg
+
     connection.ensure_connection()
-    with connection.wrap_database_errors, connection.connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description is not None else []
+    # psycopg.Cursor, not connection.cursor(): Django sets the connection's
+    # cursor_factory to ClientCursor (client-side binding).
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description is not None else []
 
 
 def quoted(*names: str) -> str:

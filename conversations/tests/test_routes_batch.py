@@ -70,3 +70,57 @@ def test_a_batch_stores_the_rows_message_receive_stores():
     assert again[0].pk == stored[1].pk
     assert Message.objects.filter(external_id__startswith="batch-").count() == 2
     assert Conversation.objects.get(pk=conversation.pk).message_count == 2
+
+
+PLAIN = {"source": "api", "user_id": "u-1", "message": "hi", "message_id": "m-1"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        PLAIN,
+        {k: v for k, v in PLAIN.items() if k != "message_id"},
+        {k: v for k, v in PLAIN.items() if k != "source"},
+        {**PLAIN, "source": "whatsapp"},
+        {**PLAIN, "source": "fax"},
+        {**PLAIN, "source": 1},
+        {**PLAIN, "user_id": " padded "},
+        {**PLAIN, "user_id": ""},
+        {**PLAIN, "user_id": "x" * 128},
+        {**PLAIN, "user_id": "x" * 129},
+        {**PLAIN, "user_id": 7},
+        {**PLAIN, "message": "  spaces kept  "},
+        {**PLAIN, "message": "   "},
+        {**PLAIN, "message": "x" * 8192},
+        {**PLAIN, "message": "x" * 8193},
+        {**PLAIN, "message": "nul \x00 inside"},
+        {**PLAIN, "message": "lone \ud800 surrogate"},
+        {**PLAIN, "message": "ünïcödé ✓"},
+        {**PLAIN, "message": None},
+        {**PLAIN, "message_id": None},
+        {**PLAIN, "message_id": ""},
+        {**PLAIN, "message_id": ["m"]},
+        {**PLAIN, "metadata": {"a": 1}},
+        {**PLAIN, "timestamp": "2026-01-01T00:00:00Z"},
+        {**PLAIN, "unknown": "ignored"},
+        {"user_id": "u"},
+    ],
+)
+def test_the_plain_check_agrees_with_the_serializer(data):
+    from conversations.routes import _valid_plain
+    from conversations.serializers import InboundMessageSerializer
+
+    serializer = InboundMessageSerializer(data=data)
+    ok = serializer.is_valid()
+    fast = _valid_plain(data)
+    if fast is not None:  # judged without the serializer: exactly its answer
+        assert ok, serializer.errors
+        assert fast == dict(serializer.validated_data)
+    # (None: the serializer judges it, whatever it is)
+
+
+def test_the_usual_bus_message_is_judged_without_the_serializer():
+    from conversations.routes import _valid_plain
+
+    assert _valid_plain(PLAIN) is not None
+    assert _valid_plain({"user_id": "u", "message": "m"}) is not None

@@ -18,9 +18,6 @@ from . import metrics
 from .batching import Result, batch_handle
 from .handling import Delivery, Outcome
 
-# Threads running the client's callbacks: they only hand messages over.
-CALLBACK_THREADS = 4
-
 logger = logging.getLogger("webhooks.bridge")
 
 
@@ -62,7 +59,7 @@ class Bridge:
         max_in_flight: int,
         retry_seconds: float | None = None,
         batch_size: int = 200,
-        batch_workers: int = 2,
+        batch_workers: int = 1,
         linger_seconds: float = 0.005,
     ) -> None:
         self.subscriptions = list(subscriptions)
@@ -88,6 +85,7 @@ class Bridge:
         self._streams: list[pubsub.Streaming] = []
         kinds = subscription_kinds()
         self._kinds = {name: kinds.get(name, "") for name in self.subscriptions}
+        self._counters: dict[tuple[str, str], Any] = {}
 
     def check(self) -> None:
         """Raise PubSubError unless every subscription exists and is reachable."""
@@ -96,6 +94,7 @@ class Bridge:
 
     def _callback(self, subscription: str) -> Any:
         default_kind = self._kinds[subscription]
+        received = metrics.MESSAGES.labels(subscription, "received")
 
         def on_message(message: Any) -> None:
             delivery = Delivery(
@@ -106,7 +105,7 @@ class Bridge:
                 delivery_attempt=message.delivery_attempt,
                 default_kind=default_kind,
             )
-            metrics.MESSAGES.labels(subscription, "received").inc()
+            received.inc()
             with self._lock:
                 if self.stopping.is_set():
                     message.nack()  # for the next bridge
@@ -143,8 +142,11 @@ class Bridge:
                 break
         return batch
 
-    def _settle(self, item: _Item, result: Result) -> None:
-        """Ack or nack ``item``; nacks after a pause go to the delayed queue."""
+    def _settle(self, item: _Item, result: Result) -> bool:
+        """Ack or nack ``item``; nacks after a pause go to the delayed queue.
+
+        Returns whether ``item`` is settled now (the caller then releases it).
+        """
         outcome, pause = result
         subscription = item.delivery.subscription
         if outcome is Outcome.RETRY:
@@ -152,13 +154,21 @@ class Bridge:
                 # Each nack is a delivery attempt (5 before Pub/Sub
                 # dead-letters it): pace them while the cause lasts.
                 self._delayed.put((time.monotonic() + pause, item))
-                return
+                return False
             item.message.nack()
-            metrics.MESSAGES.labels(subscription, "nacked").inc()
+            self._counter(subscription, "nacked").inc()
         else:
             item.message.ack()
-            metrics.MESSAGES.labels(subscription, outcome.value).inc()
-        self._release(1)
+            self._counter(subscription, outcome.value).inc()
+        return True
+
+    def _counter(self, subscription: str, event: str) -> Any:
+        """Return the counter child of ``(subscription, event)``, looked up once."""
+        key = (subscription, event)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.MESSAGES.labels(*key)
+        return counter
 
     def _release(self, n: int) -> None:
         with self._lock:
@@ -188,8 +198,11 @@ class Bridge:
             except Exception:
                 logger.exception("bridge_batch_failed size=%s: all nacked", len(batch))
                 results = [(Outcome.RETRY, 0.0)] * len(batch)
-            for item, result in zip(batch, results, strict=True):
+            settled = sum(
                 self._settle(item, result)
+                for item, result in zip(batch, results, strict=True)
+            )
+            self._release(settled)  # once a batch, not once a message
             logger.debug(
                 "bridge_batch size=%s seconds=%.4f queued=%s",
                 len(batch),
@@ -217,7 +230,7 @@ class Bridge:
                     subscription=name,
                     callback=self._callback(name),
                     max_messages=self.max_in_flight,
-                    max_workers=CALLBACK_THREADS,
+                    inline=True,  # the callback only queues the message
                 )
             )
         logger.info(

@@ -87,9 +87,14 @@ def free_port() -> int:
 
 
 def chains_started(worker) -> int:
-    """Return how many reply chains the worker received (first task of each)."""
+    """Return how many reply chains the worker started (first task of each).
+
+    Counted on the task_started line (vocoeng.correlation) that every bridged
+    task logs: Celery's own "Task ... received" line may be silenced
+    (CELERY_RECEIVED_LOG_LEVEL).
+    """
     return sum(
-        "conversations.reply_generate[" in line and " received" in line
+        "task_started task=conversations.reply_generate " in line
         for line in worker.output().splitlines()
     )
 
@@ -222,3 +227,27 @@ def test_missing_credentials_exit_non_zero_with_a_clear_message(
     bridge = start_bridge(env=env, wait=False)
     assert bridge.wait(60) != 0
     assert "no Google credentials" in bridge.output()
+
+
+def test_processes_share_the_subscription_and_stop_together(
+    settings, start_bridge
+) -> None:
+    from conftest import purge_queues
+    from webhooks.tests.conftest import broker_queue_size
+
+    purge_queues()
+    bridge = start_bridge(
+        "--subscription", settings.PUBSUB_SUBSCRIPTION_MESSAGES, "--processes", "2"
+    )
+    wait_for(lambda: bridge.output().count("bridge pulling") == 2)
+    kind = {"kind": "chat_message"}
+    publish_all(settings.PUBSUB_TOPIC_MESSAGES, [(chat(i), kind) for i in range(20)])
+
+    wait_for(lambda: bridge.count("enqueued") == 20)
+    assert broker_queue_size("ai") == 20  # one chain each, whichever process
+    assert Message.objects.filter(role="user").count() == 20
+    bridge.terminate()
+    assert bridge.wait(60) == 0
+    assert bridge.output().count("bridge_stopped") == 2
+    assert pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES) == []
+    purge_queues()

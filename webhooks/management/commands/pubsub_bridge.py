@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -45,9 +49,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--batch-workers",
             type=int,
-            default=2,
+            default=1,
             help="threads handling batches concurrently (each holds one database "
-            "connection: keep DB_POOL_MAX_SIZE at least this)",
+            "connection: keep DB_POOL_MAX_SIZE at least this); one is fastest "
+            "where the bridge is CPU-bound (they share one GIL)",
         )
         parser.add_argument(
             "--broker-retry-seconds",
@@ -55,6 +60,15 @@ class Command(BaseCommand):
             default=None,
             help="retry an enqueue this long while the broker is down, then nack "
             "(default PUBSUB_BRIDGE_BROKER_RETRY_SECONDS)",
+        )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="run this many bridge processes on the subscriptions (each with "
+            "its own --max-in-flight, --batch-workers and database connections; "
+            "with --metrics-port, process i serves on PORT+i); SIGTERM/SIGINT "
+            "stop them all",
         )
         parser.add_argument(
             "--metrics-port",
@@ -66,6 +80,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["max_in_flight"] < 1:
             raise CommandError("--max-in-flight must be at least 1")
+        if options["processes"] < 1:
+            raise CommandError("--processes must be at least 1")
         if options["batch_size"] < 1 or options["batch_workers"] < 1:
             raise CommandError("--batch-size and --batch-workers must be at least 1")
         pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
@@ -90,6 +106,9 @@ class Command(BaseCommand):
             bridge.check()
         except pubsub.PubSubError as exc:
             raise CommandError(str(exc)) from exc
+        if options["processes"] > 1:
+            self._supervise(subscriptions, options)
+            return
         if options["metrics_port"] is not None:
             metrics.serve(options["metrics_port"])
         bridge.install_signal_handlers()
@@ -103,4 +122,45 @@ class Command(BaseCommand):
         bridge.stop()
         if failure is not None:
             raise CommandError(str(failure))
+        self.stdout.write("bridge stopped")
+
+    def _supervise(self, subscriptions: list[str], options: dict[str, Any]) -> None:
+        """Run ``--processes`` single bridges as children until a signal or a failure.
+
+        The children are started the way users start one bridge; a SIGTERM or
+        SIGINT here is passed on to each (each stops gracefully); a child that
+        exits on its own stops the others, and its exit status becomes this
+        command's failure.
+        """
+        args = [f"--subscription={name}" for name in subscriptions]
+        for flag in ("max_in_flight", "batch_size", "batch_workers"):
+            args.append(f"--{flag.replace('_', '-')}={options[flag]}")
+        if options["broker_retry_seconds"] is not None:
+            args.append(f"--broker-retry-seconds={options['broker_retry_seconds']}")
+        children = []
+        for i in range(options["processes"]):
+            extra = []
+            if options["metrics_port"] is not None:
+                extra.append(f"--metrics-port={options['metrics_port'] + i}")
+            manage = str(settings.BASE_DIR / "manage.py")
+            command = [sys.executable, manage, "pubsub_bridge", *args, *extra]
+            children.append(subprocess.Popen(command))
+        stopping = threading.Event()
+
+        def request_stop(signum: int, frame: Any) -> None:
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        failed = None
+        while not stopping.wait(0.5):
+            failed = next((c for c in children if c.poll() is not None), None)
+            if failed is not None:
+                break
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        codes = [child.wait() for child in children]
+        if failed is not None or any(codes):
+            raise CommandError(f"bridge processes exited with {codes}")
         self.stdout.write("bridge stopped")
