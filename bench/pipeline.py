@@ -40,6 +40,8 @@ def noop(*_args: object, **_kwargs: object) -> None:
 
 def _setup_env() -> None:
     os.environ.setdefault("DJANGO_DEV", "1")
+    # As deployed: no SQL capture per query (DJANGO_DEV alone turns DEBUG on).
+    os.environ.setdefault("DJANGO_DEBUG", "0")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("VOCOENG_VAR_DIR", tempfile.mkdtemp(prefix="bench-pipe-"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "vocoeng.settings"

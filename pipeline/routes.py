@@ -72,4 +72,4 @@ def pipeline_job(*, data: Any, attributes: dict[str, str]) -> Signature | None:
     if not created:
         return _existing(run)
     logger.info("enqueued run=%s reason=job", run.pk)
-    return run_canvas(run_id=run.pk)
+    return run_canvas(run_id=run.pk, new=run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,12 +11,12 @@ from celery import chain, chord
 from celery.canvas import Signature
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
 from vocoeng.models import Tenant
 
-from . import prompts
+from . import prompts, queries
 from .models import Run, StepProgress
 from .steps import (
     AGGREGATE,
@@ -76,16 +77,27 @@ def run_create(
     return run, True
 
 
-def run_canvas(*, run_id: Any) -> Signature | None:
+def run_canvas(*, run_id: Any, new: Run | None = None) -> Signature | None:
     """Return the Celery canvas from the run's first unfinished step.
 
     expand → chord(reviews, aggregate); finished steps are left out, so a
     resumed run never recomputes them. None when every step is finished.
+    ``new``: the run, just created by run_create (every step pending), whose
+    steps need not be read back.
     """
     from .tasks import aggregate, expand, review
 
-    steps = {s.name: s for s in StepProgress.objects.filter(run_id=run_id)}
-    if not steps:
+    if new is not None:
+        states = dict.fromkeys(
+            step_names(new.input["personas"]), StepProgress.Status.PENDING
+        )
+    else:
+        states = dict(
+            StepProgress.objects.filter(run_id=run_id)
+            .order_by("position")
+            .values_list("name", "status")
+        )
+    if not states:
         return None
     timeout = settings.WORKER_STEP_TIMEOUT_SECONDS
     # Time limits are set per call (read lazily) and only bite in the prefork
@@ -94,11 +106,11 @@ def run_canvas(*, run_id: Any) -> Signature | None:
     run = str(run_id)
 
     def unfinished(name: str) -> bool:
-        return steps[name].status not in StepProgress.FINISHED
+        return states[name] not in StepProgress.FINISHED
 
     reviews = [
         review.si(run_id=run, name=n).set(**limits)
-        for n in sorted(steps, key=lambda n: steps[n].position)
+        for n in states  # in position order
         if n.startswith(REVIEW_PREFIX) and unfinished(n)
     ]
     tail: Signature | None = None
@@ -111,9 +123,12 @@ def run_canvas(*, run_id: Any) -> Signature | None:
     return tail
 
 
-def run_enqueue(*, run: Run, reason: str = "created") -> None:
-    """Enqueue the run's canvas after the current transaction commits."""
-    canvas = run_canvas(run_id=run.pk)
+def run_enqueue(*, run: Run, reason: str = "created", new: bool = False) -> None:
+    """Enqueue the run's canvas after the current transaction commits.
+
+    ``new``: the run was just created by run_create (see run_canvas).
+    """
+    canvas = run_canvas(run_id=run.pk, new=run if new else None)
     if canvas is None:
         return
     transaction.on_commit(canvas.apply_async)
@@ -133,18 +148,18 @@ def run_start(
             tenant=tenant, idea=idea, personas=personas, idempotency_key=idempotency_key
         )
         if created:
-            run_enqueue(run=run)
+            run_enqueue(run=run, new=True)
         else:
             logger.info("idempotent_skip run=%s reason=duplicate-key", run.pk)
     return run, created
 
 
-def _reviews(run: Run) -> tuple[dict[str, Any], dict[str, str]]:
+def _reviews(steps: Iterable[StepProgress]) -> tuple[dict[str, Any], dict[str, str]]:
     ok: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    for step in StepProgress.objects.filter(
-        run=run, name__startswith=REVIEW_PREFIX
-    ).order_by("position"):
+    for step in steps:
+        if not step.name.startswith(REVIEW_PREFIX):
+            continue
         persona = step.name.removeprefix(REVIEW_PREFIX)
         if step.status == StepProgress.Status.SUCCEEDED:
             ok[persona] = step.output
@@ -154,15 +169,27 @@ def _reviews(run: Run) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def run_aggregate(
-    *, run: Run, step: StepProgress, attempt: int, deadline: float
+    *,
+    run: Run,
+    step: StepProgress,
+    attempt: int,
+    deadline: float,
+    steps: dict[str, StepProgress],
+    tenant: Tenant | None = None,
 ) -> Outcome:
     """Merge the succeeded reviews into the consensus and finish the run.
 
-    Goes ahead when at least ``min_reviews`` succeeded (the run is then
-    ``partial`` if any failed); otherwise the run fails with the reasons.
-    Raises StepError when the model call fails.
+    ``steps`` are the run's steps as read before the claim (every review is
+    finished by then). Goes ahead when at least ``min_reviews`` succeeded (the
+    run is then ``partial`` if any failed); otherwise the run fails with the
+    reasons. Raises StepError when the model call fails. ``tenant``: given
+    when it has spend limits (its guard admits the model call).
     """
-    ok, failed = _reviews(run)
+    ordered = sorted(
+        (s for s in steps.values() if s.name.startswith(REVIEW_PREFIX)),
+        key=lambda s: s.position,
+    )
+    ok, failed = _reviews(ordered)
     needed = min_reviews(len(ok) + len(failed))
     if len(ok) < needed:
         error = f"only {len(ok)} of {len(ok) + len(failed)} reviews succeeded"
@@ -174,13 +201,13 @@ def run_aggregate(
             context={"succeeded": sorted(ok), "required": needed, "failed": failed},
         )
         return Outcome("done", status=StepProgress.Status.SKIPPED, error=error)
-    brief = StepProgress.objects.get(run=run, name=EXPAND).output
+    brief = steps[EXPAND].output
     answer = generate_json(
         prompt=prompts.aggregate_prompt(brief=brief, reviews=ok),
         schema=prompts.AGGREGATE_SCHEMA,
         step_id=step.pk,
         tenant_id=run.tenant_id,
-        tenant=run.tenant,
+        tenant=tenant,
         ref=f"run:{run.pk}:{AGGREGATE}",
         deadline=deadline,
     )
@@ -233,31 +260,30 @@ def run_finish(
     """
     now = timezone.now()
     with transaction.atomic():
-        if not Run.objects.filter(pk=run_id, status__in=Run.ACTIVE).update(
+        if not queries.run_close(
+            run_id,
             status=status,
             result=result,
             error=error[:2000],
-            error_context=context or {},
-            finished_at=now,
+            context=context or {},
+            finished=now,
         ):
             return False
-        steps = StepProgress.objects.filter(run_id=run_id)
-        steps.filter(status=StepProgress.Status.PENDING).update(
-            status=StepProgress.Status.SKIPPED, finished_at=now, error=f"run {status}"
+        queries.run_steps_close(
+            run_id,
+            from_status=StepProgress.Status.PENDING,
+            to_status=StepProgress.Status.SKIPPED,
+            error=f"run {status}",
+            finished=now,
         )
         if step_error:
-            steps.filter(status=StepProgress.Status.RUNNING).update(
-                status=running_to, finished_at=now, error=step_error
+            queries.run_steps_close(
+                run_id,
+                from_status=StepProgress.Status.RUNNING,
+                to_status=running_to,
+                error=step_error,
+                finished=now,
             )
-        totals = steps.aggregate(
-            p=Sum("prompt_tokens"), c=Sum("completion_tokens"), cost=Sum("cost")
-        )
-        Run.objects.filter(pk=run_id).update(
-            prompt_tokens=totals["p"] or 0,
-            completion_tokens=totals["c"] or 0,
-            total_tokens=(totals["p"] or 0) + (totals["c"] or 0),
-            cost=totals["cost"] or 0,
-        )
     if status in (Run.Status.SUCCEEDED, Run.Status.PARTIAL):
         logger.info("job_completed run=%s status=%s", run_id, status)
     else:

@@ -18,10 +18,11 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
-from . import prompts
+from vocoeng.models import Tenant
+
+from . import prompts, queries
 from .models import Run, StepProgress
 from .structured import StepError, generate_json
 
@@ -77,89 +78,77 @@ def min_reviews(total: int) -> int:
 def _claim(step: StepProgress) -> int | None:
     """Claim ``step`` and return the attempt number, or None when not claimable."""
     now = timezone.now()
-    stale = now - timedelta(seconds=step_hard_limit())
-    claimed = (
-        StepProgress.objects.filter(pk=step.pk)
-        .filter(
-            Q(status=StepProgress.Status.PENDING)
-            | Q(status=StepProgress.Status.RUNNING, started_at__lt=stale)
-        )
-        .update(
-            status=StepProgress.Status.RUNNING,
-            started_at=now,
-            finished_at=None,
-            attempts=step.attempts + 1,
-        )
+    attempt = queries.step_claim(
+        step.pk, now=now, stale=now - timedelta(seconds=step_hard_limit())
     )
-    if not claimed:
-        return None
-    # A concurrent claim of the same row would have matched no rows above
-    # (the status is no longer pending), so attempts + 1 is ours.
-    step.attempts += 1
-    step.status = StepProgress.Status.RUNNING
-    step.started_at = now
-    return step.attempts
+    if attempt is not None:
+        step.attempts, step.status, step.started_at = (
+            attempt,
+            StepProgress.Status.RUNNING,
+            now,
+        )
+    return attempt
 
 
 def _finish(step: StepProgress, attempt: int, *, status: str, **fields: Any) -> bool:
     """Write the step's outcome if this attempt still holds the claim."""
     now = timezone.now()
     started = step.started_at or now
-    return bool(
-        StepProgress.objects.filter(
-            pk=step.pk, status=StepProgress.Status.RUNNING, attempts=attempt
-        ).update(
-            status=status,
-            finished_at=now,
-            duration_ms=int((now - started).total_seconds() * 1000),
-            **fields,
-        )
+    return queries.step_write(
+        step.pk,
+        attempt,
+        status=status,
+        finished=now,
+        duration_ms=int((now - started).total_seconds() * 1000),
+        **fields,
     )
 
 
 def _mark_run_running(run: Run) -> None:
     if run.status == Run.Status.RUNNING:
         return  # the common case: no write
-    now = timezone.now()
-    if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
-        status=Run.Status.RUNNING
-    ):
-        Run.objects.filter(pk=run.pk, started_at__isnull=True).update(started_at=now)
+    if queries.run_mark_running(run.pk, now=timezone.now()):
         logger.info("job_started run=%s attempt=%s", run.pk, run.attempts)
 
 
-def _dependency_state(run: Run, name: str) -> tuple[str, Any]:
+def _dependency_state(name: str, steps: dict[str, StepProgress]) -> tuple[str, Any]:
     """Return ``ready``, ``wait`` or ``blocked`` for the steps ``name`` needs.
 
-    For a review, also return the brief (the expand step's output) it reads,
-    so the step does not fetch it a second time.
+    For a review, also return the brief (the expand step's output) it reads.
     """
     if name == EXPAND:
         return "ready", None
-    steps = StepProgress.objects.filter(run=run)
     if name.startswith(REVIEW_PREFIX):
-        status, output = steps.values_list("status", "output").get(name=EXPAND)
-        if status == StepProgress.Status.SUCCEEDED:
-            return "ready", output
-        return ("blocked" if status in StepProgress.FINISHED else "wait"), None
-    unfinished = steps.filter(name__startswith=REVIEW_PREFIX).exclude(
-        status__in=StepProgress.FINISHED
-    )
-    return ("wait" if unfinished.exists() else "ready"), None
+        expand = steps.get(EXPAND)
+        if expand is None:
+            return "blocked", None
+        if expand.status == StepProgress.Status.SUCCEEDED:
+            return "ready", expand.output
+        return ("blocked" if expand.status in StepProgress.FINISHED else "wait"), None
+    unfinished = [
+        s
+        for n, s in steps.items()
+        if n.startswith(REVIEW_PREFIX) and s.status not in StepProgress.FINISHED
+    ]
+    return ("wait" if unfinished else "ready"), None
+
+
+def _needs(name: str) -> list[str] | None:
+    """Return the steps that step ``name`` reads (None: all of them)."""
+    if name == EXPAND:
+        return [EXPAND]
+    if name.startswith(REVIEW_PREFIX):
+        return [name, EXPAND]
+    return None  # aggregate: the brief and every review
 
 
 def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
     """Run step ``name`` of run ``run_id`` once, unless it is done or held."""
     from . import services  # run-level writes; services imports this module
 
-    # One query for the step and its run; the run alone only when the step
-    # is missing, to tell the two cases apart.
-    step = (
-        StepProgress.objects.select_related("run__tenant")
-        .filter(run_id=run_id, name=name)
-        .first()
-    )
-    run = step.run if step is not None else Run.objects.filter(pk=run_id).first()
+    # One query for the run, its tenant's limits, the step and what it reads.
+    run, limited, steps = queries.step_context(run_id, _needs(name))
+    step = steps.get(name)
     if run is None:
         logger.warning(
             "idempotent_skip run=%s step=%s reason=no-such-run", run_id, name
@@ -180,7 +169,7 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
             "idempotent_skip run=%s step=%s run_status=%s", run.pk, name, run.status
         )
         return Outcome("done", status="skipped", error=f"run is {run.status}")
-    dependency, brief = _dependency_state(run, name)
+    dependency, brief = _dependency_state(name, steps)
     if dependency == "wait":
         return Outcome("wait")
     if dependency == "blocked":
@@ -199,12 +188,19 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
     _mark_run_running(run)
     logger.info("step_started run=%s step=%s attempt=%s", run.pk, name, attempt)
     deadline = time.monotonic() + settings.WORKER_STEP_TIMEOUT_SECONDS
+    # The tenant row only for a tenant with a budget or a cap (its spend guard).
+    tenant = run.tenant if limited else None
     try:
         if name == AGGREGATE:
             return services.run_aggregate(
-                run=run, step=step, attempt=attempt, deadline=deadline
+                run=run,
+                step=step,
+                attempt=attempt,
+                deadline=deadline,
+                steps=steps,
+                tenant=tenant,
             )
-        output, provider, model = _compute(run, step, deadline, brief)
+        output, provider, model = _compute(run, step, deadline, brief, tenant)
     except (StepError, SoftTimeLimitExceeded) as exc:
         return _failed(run, step, attempt, exc, failures)
     if not _finish(
@@ -224,7 +220,11 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
 
 
 def _compute(
-    run: Run, step: StepProgress, deadline: float, brief: Any = None
+    run: Run,
+    step: StepProgress,
+    deadline: float,
+    brief: Any = None,
+    tenant: Tenant | None = None,
 ) -> tuple[dict[str, Any], str, str]:
     ref = f"run:{run.pk}:{step.name}"
     if step.name == EXPAND:
@@ -241,7 +241,7 @@ def _compute(
         schema=schema,
         step_id=step.pk,
         tenant_id=run.tenant_id,
-        tenant=run.tenant,
+        tenant=tenant,
         ref=ref,
         deadline=deadline,
     )

@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 import jsonschema
-from django.db.models import F
 
 from conversations import providers
 from conversations.budget import BudgetExceeded, SpendGuard
@@ -23,8 +22,7 @@ from conversations.providers import AIUnavailable, Attempt, ChatTurn, Completion
 from conversations.services import ai_call_record
 from vocoeng.models import Tenant
 
-from . import prompts
-from .models import StepProgress
+from . import prompts, queries
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +98,11 @@ def _recorder(
         else:
             ai_call_record(attempt=attempt, ref=ref, tenant_id=tenant_id)
         if tokens or attempt.cost:
-            StepProgress.objects.filter(pk=step_id).update(
-                prompt_tokens=F("prompt_tokens") + attempt.prompt_tokens,
-                completion_tokens=F("completion_tokens") + attempt.completion_tokens,
-                total_tokens=F("total_tokens") + tokens,
-                cost=F("cost") + Decimal(attempt.cost),
+            queries.step_add_usage(
+                step_id,
+                attempt.prompt_tokens,
+                attempt.completion_tokens,
+                Decimal(attempt.cost),
             )
 
     return record

@@ -231,3 +231,29 @@ def test_an_exhausted_tenant_budget_fails_the_step_without_a_model_call(
     assert "monthly AI budget" in step.error
     assert model.count("expand") == 0
     assert not AICall.objects.exists()
+
+
+def test_a_tenant_with_a_budget_runs_every_step_through_its_spend_guard(
+    scripted,
+) -> None:
+    scripted()
+    tenant = tenant_get_default()
+    tenant.monthly_budget = 100
+    tenant.save()
+    run = _run()
+    assert set(_all_steps(run).values()) == {"succeeded"}
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED
+    calls = AICall.objects.filter(tenant=tenant, ref__startswith=f"run:{run.pk}:")
+    # The guard admitted each call with a started row, then completed it.
+    assert calls.count() == len(services.step_names(PERSONAS))
+    assert set(calls.values_list("status", flat=True)) == {AICall.Status.SUCCEEDED}
+    for step in run.steps.all():
+        ledger = calls.filter(ref=f"run:{run.pk}:{step.name}").get()
+        assert (step.prompt_tokens, step.completion_tokens, step.cost) == (
+            ledger.prompt_tokens,
+            ledger.completion_tokens,
+            ledger.cost,
+        )
+    assert run.total_tokens == sum(s.total_tokens for s in run.steps.all()) > 0
+    assert run.cost == sum(s.cost for s in run.steps.all())
