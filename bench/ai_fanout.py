@@ -105,6 +105,7 @@ def main() -> None:
     env = {
         **os.environ,
         "DJANGO_DEV": "1",
+        "DJANGO_DEBUG": "0",  # as deployed: no SQL capture per query
         "DJANGO_SETTINGS_MODULE": "vocoeng.settings",
         "VOCOENG_VAR_DIR": str(var),
         "AI_PROVIDER": "openai",
@@ -225,7 +226,7 @@ def main() -> None:
                         "-f",
                         "raw",
                         "-d",
-                        "15",
+                        os.environ.get("BENCH_PYSPY_SECONDS", "8"),
                         "-r",
                         "200",
                         "--gil",

@@ -1,26 +1,104 @@
-"""Redis transport for Celery that reuses its Redis client.
+"""Redis transport for Celery: kombu's, with less work per message.
 
-kombu's Redis channel builds a new ``redis.Redis`` object for every
-synchronous operation (each delivered message's unacked bookkeeping, each
-ack, each publish). With redis-py 8 building one costs more than the command
-it sends: profiling the ``ai`` worker (``py-spy --gil``) put ~10% of its GIL
-time in ``Redis.__init__``. A ``redis.Redis`` client is thread-safe (every
-command takes a connection from the channel's pool), so one per channel is
-enough. Selected by ``vocoeng.settings`` for ``redis://`` and ``rediss://``
-broker URLs.
+Measured on the ``ai`` worker (``bench/ai_fanout.py``: 100 threads, 1 s model
+calls), where one consumer thread feeds every message to the pool and competes
+for the GIL with the task threads. kombu's Redis channel pays, per message, a
+BRPOP round trip, a MULTI/EXEC pipeline to record the message as unacked, and
+a new ``redis.Redis`` object for each of them; after every round trip the
+consumer thread waits for the GIL again. Timing the claims of 500 tasks showed
+the pool starved: on average 50-80 of the 100 threads busy, while messages
+waited in Redis. Three changes:
+
+- Batched receive. On Redis >= 7, one ``BLMPOP … RIGHT COUNT n`` takes up to
+  ``n`` messages (the prefetch credit left, at most ``receive_batch``) where
+  BRPOP took one, in the same order (kombu publishes with LPUSH, BRPOP pops
+  from the right), from the same keys (every queue and priority, in kombu's
+  fair cycle). The whole batch is recorded as unacked (ZADD + HSET, exactly
+  the entries kombu's ``QoS.append`` writes) in one pipeline *before* any of
+  its messages reaches a consumer, so an ack can never overtake its unacked
+  entry. A crash between the pop and that pipeline loses the popped messages,
+  as kombu's own BRPOP + append does for one. Older servers keep BRPOP.
+- The unacked bookkeeping of single messages and of acks (ZREM + HDEL) in plain
+  pipelines instead of MULTI/EXEC: the two commands already travel in one
+  write, and the restore sweep (the only other reader) takes its own lock and
+  WATCHes the hash before it moves a message back. ``restore_by_tag`` keeps
+  its WATCH/MULTI transaction (it passes its own pipeline).
+- One synchronous ``redis.Redis`` per channel instead of one per operation
+  (redis-py 8 builds one slower than the command it sends; ~10% of the
+  worker's GIL time). A client is thread-safe: every command takes a
+  connection from the channel's pool.
+
+Selected by ``vocoeng.settings`` for ``redis://`` and ``rediss://`` broker URLs.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from kombu.utils.objects import cached_property
+
+# Messages taken by one BLMPOP at most (the prefetch credit also bounds it).
+RECEIVE_BATCH = 64
+
+
+class QoS(kombu_redis.QoS):
+    """Plain pipelines; skip the Redis write for messages stored as a batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stored: set[Any] = set()  # tags whose unacked entries exist
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        if delivery_tag in self._stored:
+            self._stored.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+    def append_many(self, entries: list[tuple[Any, dict, str, str]]) -> None:
+        """Write the unacked entries of ``(tag, payload, exchange, key)``."""
+        now = time.time()
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {tag: now for tag, *_ in entries})
+            pipe.hset(
+                self.unacked_key,
+                mapping={tag: dumps([raw, ex, rk]) for tag, raw, ex, rk in entries},
+            )
+            pipe.execute()
+        self._stored.update(tag for tag, *_ in entries)
+
+    def credit(self) -> int:
+        """Return how many more messages the prefetch limit admits."""
+        if not self.prefetch_count:
+            return RECEIVE_BATCH
+        return self.can_consume_max_estimate() or 0
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as client:
+                yield client.pipeline(transaction=False)
 
 
 class Channel(kombu_redis.Channel):
-    """Create the synchronous client once per channel and pool."""
+    """Batched receive (Redis >= 7), plain pipelines, one sync client."""
 
+    QoS = QoS
     _sync_client: Any = None
+    _blmpop_count = 0  # the COUNT of the BLMPOP in flight (0: a BRPOP is)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._no_ack_queues: set[str] = set()
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -29,6 +107,98 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not self.pool:
             client = self._sync_client = super()._create_client()
         return client
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any):
+        # A no_ack consumer never calls QoS.append: its messages must not be
+        # stored as unacked ahead of delivery (they would come back later).
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    @cached_property
+    def _blmpop_supported(self) -> bool:
+        try:
+            with self.conn_or_acquire() as client:
+                version = client.info("server").get("redis_version", "0")
+            return tuple(int(p) for p in str(version).split(".")[:2]) >= (7, 0)
+        except Exception:  # a server that will not say: BRPOP
+            return False
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        count = min(RECEIVE_BATCH, self.qos.credit())
+        if count <= 1 or not self._blmpop_supported:
+            self._blmpop_count = 0
+            return super()._brpop_start(timeout)
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [
+            self.global_keyprefix + self._q_for_pri(queue, pri)
+            for pri in self.priority_steps
+            for queue in queues
+        ]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self._blmpop_count = count
+        self.client.connection.send_command(
+            "BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", count
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._blmpop_count:
+            return super()._brpop_read(**options)
+        self._blmpop_count = 0
+        try:
+            try:
+                # Not client.parse_response: the prefixing client only knows
+                # how to strip the prefix from a BRPOP reply.
+                reply = kombu_redis.redis.Redis.parse_response(
+                    self.client, self.client.connection, "BLMPOP", **options
+                )
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not reply:
+                raise kombu_redis.Empty()
+            key, items = reply
+            key = bytes_to_str(key)[len(self.global_keyprefix) :]
+            queue = key.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            payloads = [loads(bytes_to_str(item)) for item in items]
+            if queue not in self._no_ack_queues:
+                self.qos.append_many(
+                    [
+                        (
+                            p["properties"]["delivery_tag"],
+                            p,
+                            p["properties"]["delivery_info"]["exchange"],
+                            p["properties"]["delivery_info"]["routing_key"],
+                        )
+                        for p in payloads
+                    ]
+                )
+            try:
+                for payload in payloads:
+                    self.connection._deliver(payload, queue)
+            finally:
+                self.qos._stored.clear()
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        if type == "BRPOP" and self._blmpop_count:
+            self._blmpop_count = 0
+            kombu_redis.redis.Redis.parse_response(
+                self.client, self.client.connection, "BLMPOP"
+            )
+            return
+        super()._poll_error(type, **options)
 
 
 class Transport(kombu_redis.Transport):

@@ -218,6 +218,14 @@ LOGGING = {
         # Replace Django's own DEBUG-only console handler: root already prints.
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
+        # Celery's "Task … received" line: one more line per task, logged by
+        # the consumer before the task's headers (and correlation id) are read,
+        # on the thread that feeds every task to the pool (bench/ai_fanout.py:
+        # ~6% of the ai worker's GIL time). The task's own task_started line and
+        # Celery's succeeded line remain; INFO brings it back.
+        "celery.worker.strategy": {
+            "level": env.str("CELERY_RECEIVED_LOG_LEVEL", default="WARNING")
+        },
         # httpx logs every request line (with URLs) at INFO.
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},

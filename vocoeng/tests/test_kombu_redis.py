@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from kombu.utils.encoding import bytes_to_str
 
 from vocoeng.kombu_redis import Transport
 
@@ -32,24 +33,89 @@ def test_the_channel_reuses_one_sync_client() -> None:
 
 @pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
 def test_publish_consume_and_ack_round_trip() -> None:
-    name = f"vocoeng-test-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    queue = _queue(f"vocoeng-test-{uuid.uuid4().hex[:8]}")
     with Connection(URL, transport=Transport) as conn:
-        with conn.Producer() as producer:
-            for i in range(3):
-                producer.publish(
-                    {"n": i},
-                    exchange=queue.exchange,
-                    routing_key=name,
-                    declare=[queue],
-                    serializer="json",
-                )
-        got = []
-        with conn.SimpleQueue(queue) as simple:
-            for _ in range(3):
-                message = simple.get(timeout=5)
-                got.append(message.payload["n"])
-                message.ack()
+        _publish(conn, queue, 3)
+        assert _take(conn, queue, 3, then_empty=True) == [0, 1, 2]
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def _publish(conn: Connection, queue: Queue, count: int) -> None:
+    with conn.Producer() as producer:
+        for i in range(count):
+            producer.publish(
+                {"n": i},
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                serializer="json",
+            )
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+@pytest.mark.parametrize("prefix", ["", "vocoeng-test-prefix-"])
+def test_batched_receive_keeps_order_prefetch_and_unacked_entries(prefix) -> None:
+    name = f"vocoeng-test-{uuid.uuid4().hex[:8]}"
+    queue = _queue(name)
+    options = {"global_keyprefix": prefix} if prefix else {}
+    with Connection(URL, transport=Transport, transport_options=options) as conn:
+        _publish(conn, queue, 25)
+        channel = conn.default_channel
+        channel.basic_qos(0, 10, False)
+        got: list = []
+        with conn.Consumer(queue, callbacks=[lambda body, m: got.append((body, m))]):
+            conn.drain_events(timeout=5)
+            # One BLMPOP took a batch, bounded by the prefetch credit (10).
+            assert 1 < len(got) <= 10
+            unacked = {bytes_to_str(k) for k in _hkeys(conn, channel.unacked_key)}
+            assert unacked == {m.delivery_tag for _, m in got}
+            received = []
+            while len(received) < 25:
+                for body, message in got:
+                    received.append(body["n"])
+                    message.ack()
+                got.clear()
+                if len(received) < 25:
+                    conn.drain_events(timeout=5)
+        assert received == list(range(25))  # FIFO, none lost, none twice
+        assert _hkeys(conn, channel.unacked_key) == []
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+def test_a_batch_received_but_not_acked_goes_back_to_the_queue() -> None:
+    name = f"vocoeng-test-{uuid.uuid4().hex[:8]}"
+    queue = _queue(name)
+    with Connection(URL, transport=Transport) as conn:
+        _publish(conn, queue, 6)
+        conn.default_channel.basic_qos(0, 4, False)
+        got: list = []
+        with conn.Consumer(queue, callbacks=[lambda body, m: got.append(body["n"])]):
+            conn.drain_events(timeout=5)
+        assert got and len(got) <= 4
+    # The connection closed with those messages unacked: kombu restores them.
+    with Connection(URL, transport=Transport) as conn:
+        assert sorted(_take(conn, queue, 6, then_empty=True)) == list(range(6))
+
+
+def _take(conn: Connection, queue: Queue, count: int, *, then_empty: bool) -> list:
+    """Get and ack ``count`` messages one by one; return their numbers."""
+    got = []
+    with conn.SimpleQueue(queue) as simple:
+        for _ in range(count):
+            message = simple.get(timeout=5)
+            got.append(message.payload["n"])
+            message.ack()
+        if then_empty:
             with pytest.raises(simple.Empty):  # all acked, nothing left
                 simple.get_nowait()
-    assert got == [0, 1, 2]
+    return got
+
+
+def _hkeys(conn: Connection, key: str) -> list:
+    channel = conn.default_channel
+    with channel.conn_or_acquire() as client:
+        # HKEYS is not among the commands kombu's client prefixes itself.
+        return client.hkeys(channel.global_keyprefix + key)
