@@ -443,7 +443,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "pipeline.reap",
         "schedule": env.float("PIPELINE_REAPER_INTERVAL_SECONDS", default=30.0),
     },
+    "webhooks-sweep": {
+        "task": "webhooks.deliveries_sweep",
+        "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=60.0),
+    },
 }
+# A WhatsApp/AiSensy delivery is recorded by the web and processed by a
+# `default` worker task; one still unprocessed this long after it arrived lost
+# its task, and the sweep above enqueues it again.
+WEBHOOK_SWEEP_AFTER_SECONDS = env.float("WEBHOOK_SWEEP_AFTER_SECONDS", default=120.0)
 
 # --- Analytics ----------------------------------------------------------------------
 VOC_BATCH_SIZE = env.int("VOC_BATCH_SIZE", default=500)

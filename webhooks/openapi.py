@@ -11,22 +11,17 @@ from typing import Any
 from vocoeng.openapi import error_responses, json_response
 
 TAGS = ["webhooks"]
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
-
-DELIVERY_SUMMARY: dict[str, Any] = {
+DELIVERY_ACCEPTED: dict[str, Any] = {
     "type": "object",
+    "description": (
+        "The delivery is recorded and queued; a worker acts on it (its verdict "
+        "and summary are on the delivery record)."
+    ),
     "properties": {
         "status": {"type": "string", "enum": ["ok"]},
         "delivery": {"type": "string", "format": "uuid"},
-        "messages": {
-            **_COUNTS,
-            "description": "Inbound messages by outcome (queued, duplicate, ...).",
-        },
-        "statuses": {"type": "integer"},
-        "statuses_applied": {"type": "integer"},
-        "ignored": {**_COUNTS, "description": "Parts VocoEng does not act on."},
     },
-    "required": ["status", "delivery", "messages", "statuses", "ignored"],
+    "required": ["status", "delivery"],
 }
 
 WHATSAPP_NOTIFICATION: dict[str, Any] = {
@@ -165,14 +160,15 @@ WHATSAPP = {
         "operationId": "webhooks_whatsapp_receive",
         "summary": "Take a Cloud API notification (signed)",
         "description": (
-            "Recorded, then its messages go to the bus and its statuses update "
-            "the sent messages. A signed, well-formed delivery is always 200."
+            "Recorded and queued, then a worker sends its messages to the bus and "
+            "moves the sent messages by its statuses. A signed, well-formed "
+            "delivery is always 200."
         ),
         "tags": TAGS,
         "security": [{"whatsappSignature": []}],
         "requestBody": _json_body(WHATSAPP_NOTIFICATION),
         "responses": {
-            "200": json_response("Recorded and processed.", DELIVERY_SUMMARY),
+            "200": json_response("Recorded and queued.", DELIVERY_ACCEPTED),
             **error_responses(400, 401, 403, 503),
         },
     },
@@ -186,7 +182,7 @@ AISENSY = {
         "security": [{"aisensySecret": []}],
         "requestBody": _json_body(AISENSY_EVENT),
         "responses": {
-            "200": json_response("Recorded and processed.", DELIVERY_SUMMARY),
+            "200": json_response("Recorded and queued.", DELIVERY_ACCEPTED),
             **error_responses(400, 401, 403, 503),
         },
     },

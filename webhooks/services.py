@@ -1,15 +1,22 @@
 """Record webhook deliveries and hand what they hold to the bus.
 
-Views verify the request and call one function here. A delivery is recorded
-(committed) before it is parsed, then processed in one transaction: inbound
-messages go to the bus (BUS=direct: stored by the chat_message route, the
-reply chain enqueued after commit), status reports move outbound messages.
+Store and forward: a view verifies the request and calls
+:func:`delivery_accept`, which does the checks that decide 200 or 400,
+records the raw delivery (committed) and enqueues one
+``webhooks.delivery_process`` task with its id; the answer goes back at once.
+The task (:func:`delivery_process_queued`) parses the delivery and acts on it
+in one transaction: inbound messages go to the bus (BUS=direct: stored here
+keyed by their id, the reply chains enqueued after commit), status reports
+move outbound messages. A delivery whose task was lost (the broker refused it
+after the row was written, a worker died for good) stays ``received``;
+:func:`deliveries_sweep` (a beat task) enqueues it again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -57,7 +64,6 @@ CHANNEL_HEADER = "X-VocoEng-Channel"
 DEFAULT_CHAT_ROUTE = "conversations.routes.chat_message"
 
 Processor = Callable[..., dict]
-Receiver = Callable[..., tuple[WebhookDelivery, dict]]
 Parser = Callable[[Any], Notification]
 # Which channel an inbound item arrived on (None: the environment's default).
 ChannelOf = Callable[[InboundItem], Channel | None]
@@ -197,11 +203,6 @@ def _decoded(body: str | bytes) -> Any:
         raise DeliveryRejected(exc.reason) from exc
 
 
-def _notification(body: str | bytes, parse: Parser) -> Notification:
-    """Parse a delivery's body or raise DeliveryRejected with the reason."""
-    return _parsed(_decoded(body), parse)
-
-
 def _parsed(data: Any, parse: Parser) -> Notification:
     try:
         return parse(data)
@@ -300,21 +301,23 @@ def _log(delivery: WebhookDelivery, summary: dict) -> None:
     )
 
 
-def delivery_receive(
+def delivery_accept(
     *,
     source: str,
     body: bytes,
     headers: dict[str, str],
     parse: Parser,
-    channel_of: ChannelOf = _default_channel,
-) -> tuple[WebhookDelivery, dict]:
-    """Record and process a verified delivery in one transaction.
+    data: Any = None,
+) -> WebhookDelivery:
+    """Record a verified delivery and hand it to a worker; return the record.
 
-    The delivery row is written with its verdict in the same transaction as
-    the messages it holds, and the reply chains are enqueued after commit. A
-    malformed body is recorded as rejected (DeliveryRejected is raised); when
-    processing fails the transaction is undone and the caller records the
-    delivery as failed with :func:`delivery_fail`, so it is never lost.
+    A body that is not JSON, or not a notification ``parse`` understands, is
+    recorded as rejected and DeliveryRejected is raised (400). Otherwise the
+    delivery is committed as received and one ``webhooks.delivery_process``
+    task is enqueued with its id. When the database or the broker refuses,
+    the delivery is recorded as failed if it can be and DeliveryFailed is
+    raised (503): the sender retries. ``data``: the body already decoded by
+    the view (None: decode it here).
     """
     delivery = WebhookDelivery(
         source=source,
@@ -323,35 +326,36 @@ def delivery_receive(
         received_at=timezone.now(),
     )
     try:
-        notification = _notification(body, parse)  # the bytes: UTF-8 is checked
+        # Only the cheap checks that decide 200 or 400: the worker acts on it.
+        _parsed(_decoded(body) if data is None else data, parse)
     except DeliveryRejected as exc:
         delivery.verdict, delivery.error = WebhookDelivery.Verdict.REJECTED, exc.reason
         delivery.processed_at = timezone.now()
         delivery.save(force_insert=True)
         raise
     try:
-        with transaction.atomic():
-            verdict, error, summary, chains = _act(
-                notification,
-                source=source,
-                received_at=delivery.received_at.isoformat(),
-                channel_of=channel_of,
-            )
-            delivery.verdict, delivery.summary = verdict, summary
-            delivery.error = error[:4000]
-            delivery.processed_at = timezone.now()
-            delivery.save(force_insert=True)
-            if chains:
-                transaction.on_commit(partial(chains_enqueue, message_ids=chains))
-    except Exception as exc:  # DB or broker down: recorded, the sender retries
+        delivery.save(force_insert=True)  # committed: from here nothing is lost
+    except DatabaseError as exc:
+        logger.exception("webhook_failed source=%s (recording)", source)
+        raise DeliveryFailed(delivery.pk) from exc
+    try:
+        delivery_enqueue(delivery_id=delivery.pk)
+    except Exception as exc:  # broker down: recorded as failed, the sender retries
         logger.exception("webhook_failed source=%s delivery=%s", source, delivery.pk)
         try:
             delivery_fail(delivery=delivery, error=f"{type(exc).__name__}: {exc}")
         except DatabaseError:
             logger.exception("webhook_fail_unrecorded delivery=%s", delivery.pk)
         raise DeliveryFailed(delivery.pk) from exc
-    _log(delivery, summary)
-    return delivery, summary
+    logger.info("webhook_accepted source=%s delivery=%s", source, delivery.pk)
+    return delivery
+
+
+def delivery_enqueue(*, delivery_id: Any) -> None:
+    """Enqueue the task that processes a recorded delivery."""
+    from .tasks import delivery_process
+
+    delivery_process.apply_async((str(delivery_id),))
 
 
 def _whatsapp_channel_of(channels: dict[str, Channel | None]) -> ChannelOf:
@@ -361,47 +365,37 @@ def _whatsapp_channel_of(channels: dict[str, Channel | None]) -> ChannelOf:
     return channel_of
 
 
-def whatsapp_receive(
-    *,
-    body: bytes,
-    headers: dict[str, str],
-    channels: dict[str, Channel | None] | None = None,
-) -> tuple[WebhookDelivery, dict]:
-    """Record and process a verified WhatsApp delivery (see delivery_receive).
+def whatsapp_accept(
+    *, body: bytes, headers: dict[str, str], data: Any = None
+) -> WebhookDelivery:
+    """Record a verified WhatsApp delivery and enqueue it (see delivery_accept).
 
-    ``channels`` maps each phone number id of the delivery to its channel, as
-    the view resolved it before checking the signature.
+    The worker finds each phone number id's channel again (the view resolved
+    them only to check the signature).
     """
-    return delivery_receive(
-        source="whatsapp",
-        body=body,
-        headers=headers,
-        parse=parse_whatsapp,
-        channel_of=_whatsapp_channel_of(channels or {}),
+    return delivery_accept(
+        source="whatsapp", body=body, headers=headers, parse=parse_whatsapp, data=data
     )
 
 
-def aisensy_receive(
+def aisensy_accept(
     *, body: bytes, headers: dict[str, str], channel: Channel | None = None
-) -> tuple[WebhookDelivery, dict]:
-    """Record and process a verified AiSensy delivery (see delivery_receive).
+) -> WebhookDelivery:
+    """Record a verified AiSensy delivery and enqueue it (see delivery_accept).
 
     ``channel`` is the account whose webhook secret the delivery carried; its
-    id is kept with the delivery so a replay goes to the same tenant.
+    id is kept with the delivery so the worker (and a replay) goes to the same
+    tenant.
     """
     if channel is not None:
         headers = {**headers, CHANNEL_HEADER: str(channel.pk)}
-    return delivery_receive(
-        source="aisensy",
-        body=body,
-        headers=headers,
-        parse=parse_aisensy,
-        channel_of=lambda item: channel,
+    return delivery_accept(
+        source="aisensy", body=body, headers=headers, parse=parse_aisensy
     )
 
 
-def _replay_channel_of(delivery: WebhookDelivery, data: Any) -> ChannelOf:
-    """Return the channels of a recorded delivery, found again for a replay."""
+def _recorded_channel_of(delivery: WebhookDelivery, data: Any) -> ChannelOf:
+    """Return the channels of a recorded delivery, found again from the record."""
     if delivery.source == WebhookDelivery.Source.WHATSAPP:
         try:
             channels = whatsapp_channels_resolve(
@@ -420,11 +414,11 @@ def _replay_channel_of(delivery: WebhookDelivery, data: Any) -> ChannelOf:
 
 
 def _process(delivery: WebhookDelivery, *, parse: Parser, source: str) -> dict:
-    """Process an already recorded delivery again (the replay path)."""
+    """Process a recorded delivery (the worker's task, and a replay)."""
     try:
         data = _decoded(delivery.body)
         notification = _parsed(data, parse)
-        channel_of = _replay_channel_of(delivery, data)
+        channel_of = _recorded_channel_of(delivery, data)
     except DeliveryRejected as exc:
         _finish(
             delivery,
@@ -472,3 +466,97 @@ def delivery_replay(*, delivery: WebhookDelivery) -> dict:
         }[delivery.source]
     WebhookDelivery.objects.filter(pk=delivery.pk).update(replays=delivery.replays + 1)
     return process(delivery=delivery)
+
+
+PARSERS: dict[str, Parser] = {
+    WebhookDelivery.Source.WHATSAPP: parse_whatsapp,
+    WebhookDelivery.Source.AISENSY: parse_aisensy,
+}
+
+
+class ChainsNotEnqueued(Exception):
+    """A delivery was processed but its reply chains did not reach the broker.
+
+    The delivery is put back to ``received`` so :func:`deliveries_sweep`
+    processes it again once its messages are older than REQUEUE_AFTER (they
+    are then enqueued again); retrying sooner would count them as duplicates.
+    """
+
+
+def delivery_process_queued(*, delivery_id: Any) -> dict | None:
+    """Process a delivery the view recorded (the worker's half of a webhook).
+
+    Runs once per delivery: the row is locked and only a ``received`` one is
+    processed, so a redelivered task, or the sweep's copy of a task still
+    queued, changes nothing and returns None. A malformed delivery is
+    recorded as rejected (None). An error rolls everything back and
+    propagates (the task retries); when only the reply chains failed after
+    commit, ChainsNotEnqueued is raised with the delivery back to received.
+    """
+    committed: list[bool] = []
+    try:
+        with transaction.atomic():
+            delivery = (
+                WebhookDelivery.objects.select_for_update()
+                .filter(pk=delivery_id, verdict=WebhookDelivery.Verdict.RECEIVED)
+                .first()
+            )
+            if delivery is None:
+                return None
+            parse = PARSERS[delivery.source]
+            # Runs first of the commit hooks: the reply chains are enqueued after.
+            transaction.on_commit(partial(committed.append, True))
+            try:
+                return _process(delivery, parse=parse, source=delivery.source)
+            except DeliveryRejected:
+                return None  # recorded as rejected, with the reason
+    except Exception as exc:
+        if not committed:
+            raise
+        error = f"reply chains not enqueued: {type(exc).__name__}: {exc}"
+        logger.exception("webhook_chains_failed delivery=%s", delivery_id)
+        WebhookDelivery.objects.filter(pk=delivery_id).update(
+            verdict=WebhookDelivery.Verdict.RECEIVED, error=error[:4000]
+        )
+        raise ChainsNotEnqueued(error) from exc
+
+
+def delivery_fail_by_id(*, delivery_id: Any, error: str) -> None:
+    """Record that a queued delivery failed for good (the admin can replay it)."""
+    WebhookDelivery.objects.filter(
+        pk=delivery_id, verdict=WebhookDelivery.Verdict.RECEIVED
+    ).update(
+        verdict=WebhookDelivery.Verdict.FAILED,
+        error=error[:4000],
+        processed_at=timezone.now(),
+    )
+
+
+def deliveries_sweep(*, older_than: float | None = None, limit: int = 500) -> int:
+    """Enqueue again the deliveries still ``received`` after ``older_than`` s.
+
+    Their task was lost (the web process died between the row and the
+    publish, the broker lost it) or their reply chains failed after commit.
+    Each is processed once whatever the number of copies (see
+    :func:`delivery_process_queued`). Returns how many were enqueued.
+    """
+    if older_than is None:
+        older_than = settings.WEBHOOK_SWEEP_AFTER_SECONDS
+    # Younger than REQUEUE_AFTER, the stored messages of a delivery whose
+    # chains failed would be counted as duplicates rather than enqueued.
+    older_than = max(older_than, REQUEUE_AFTER.total_seconds() + 1)
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    ids = list(
+        WebhookDelivery.objects.filter(
+            verdict=WebhookDelivery.Verdict.RECEIVED,
+            source__in=list(PARSERS),
+            received_at__lt=cutoff,
+        )
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for delivery_id in ids:
+        delivery_enqueue(delivery_id=delivery_id)
+    if ids:
+        logger.warning("webhook_sweep requeued=%d", len(ids))
+    return len(ids)

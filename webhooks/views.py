@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -22,6 +21,7 @@ from conversations.serializers import InboundMessageSerializer
 from vocoeng import channels
 from vocoeng.auth import ApiKeyAuthentication
 from vocoeng.openapi import document
+from vocoeng.routing import PermanentMessageError, decode_json
 
 from . import openapi, services
 from .ingress import TENANT_HEADER, api_delivery_process, pubsub_delivery_process
@@ -32,18 +32,19 @@ from .security import whatsapp_signature_valid
 
 logger = logging.getLogger(__name__)
 
+Accept = Callable[..., WebhookDelivery]
 
-def _receive(
-    request: HttpRequest, *, source: str, receive: services.Receiver
-) -> HttpResponse:
+
+def _accept(request: HttpRequest, *, source: str, accept: Accept) -> HttpResponse:
+    """Record the delivery and enqueue it; 200 once it is safely queued."""
     try:
-        delivery, summary = receive(body=request.body, headers=dict(request.headers))
+        delivery = accept(body=request.body, headers=dict(request.headers))
     except services.DeliveryRejected as exc:
         return JsonResponse({"error": exc.reason}, status=400)
     except services.DeliveryFailed as exc:  # DB or broker down: the sender retries
         logger.warning("webhook_failed source=%s delivery=%s", source, exc.delivery)
         return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
-    return JsonResponse({"status": "ok", "delivery": str(delivery.pk), **summary})
+    return JsonResponse({"status": "ok", "delivery": str(delivery.pk)})
 
 
 def _process(
@@ -71,13 +72,6 @@ def _process(
 def _unavailable(source: str, exc: Exception) -> JsonResponse:
     logger.error("webhook_failed source=%s (channel lookup)", source, exc_info=exc)
     return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None  # the delivery itself reports the malformed body
 
 
 def _unauthorized(source: str, reason: str, status: int) -> JsonResponse:
@@ -113,28 +107,27 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
     header = request.headers.get("X-Hub-Signature-256", "")
     if not header:
         return _unauthorized("whatsapp", "X-Hub-Signature-256 is missing", 401)
+    try:
+        data = decode_json(request.body)
+    except PermanentMessageError:
+        data = None  # rejected with the reason once the signature checks out
     # The number a delivery is for picks the channel, whose app secret must
     # have signed it (all of them, when one delivery names several numbers).
     try:
-        resolved = channels.whatsapp_channels_resolve(
-            phone_number_ids=whatsapp_phone_number_ids(_json_or_none(request.body))
+        secrets = channels.whatsapp_app_secrets(
+            phone_number_ids=whatsapp_phone_number_ids(data)
         )
     except channels.UnknownChannel as exc:
         return _unauthorized("whatsapp", exc.reason, 403)
     except DatabaseError as exc:  # the sender retries
         return _unavailable("whatsapp", exc)
-    secrets = {channels.whatsapp_app_secret(c) for c in resolved.values()} or {
-        settings.WHATSAPP_APP_SECRET
-    }
     if not all(
         whatsapp_signature_valid(body=request.body, header=header, secret=secret)
-        for secret in secrets
+        for secret in set(secrets.values()) or {settings.WHATSAPP_APP_SECRET}
     ):
         return _unauthorized("whatsapp", "X-Hub-Signature-256 does not match", 403)
-    return _receive(
-        request,
-        source="whatsapp",
-        receive=partial(services.whatsapp_receive, channels=resolved),
+    return _accept(
+        request, source="whatsapp", accept=partial(services.whatsapp_accept, data=data)
     )
 
 
@@ -152,10 +145,10 @@ def aisensy(request: HttpRequest) -> HttpResponse:
         return _unauthorized("aisensy", exc.reason, 403)
     except DatabaseError as exc:
         return _unavailable("aisensy", exc)
-    return _receive(
+    return _accept(
         request,
         source="aisensy",
-        receive=partial(services.aisensy_receive, channel=channel),
+        accept=partial(services.aisensy_accept, channel=channel),
     )
 
 

@@ -112,7 +112,7 @@ def test_one_correlation_id_follows_a_webhook_through_the_worker_in_json(
     # Web side: every record of the request is JSON and carries the id.
     web = _json_lines(web_text)
     assert len(web) == len(web_text.splitlines())
-    assert any(r["message"].startswith("webhook_processed") for r in web)
+    assert any(r["message"].startswith("webhook_accepted") for r in web)
     for record in web:
         assert record["correlation_id"] == cid, record
         assert {"timestamp", "level", "logger", "message"} <= record.keys()

@@ -21,12 +21,16 @@ def _whatsapp_settings(settings) -> None:
 def post_whatsapp(client):
     """POST a signed (or deliberately mis-signed) body to the WhatsApp webhook."""
 
-    def post(body, *, signature: str | None = None, sign: bool = True):
+    def post(
+        body, *, signature: str | None = None, sign: bool = True, process: bool = True
+    ):
+        """``process=False``: leave the delivery's task queued (no worker step)."""
         raw, sig = payloads.signed(body)
         headers = {}
         if sign:
             headers["HTTP_X_HUB_SIGNATURE_256"] = signature or sig
-        return client.post(
+        send = client.post if process else client.post_only
+        return send(
             "/webhooks/whatsapp/", data=raw, content_type="application/json", **headers
         )
 
@@ -52,3 +56,59 @@ def queued():
     purge_queues()
     yield broker_queue_size
     purge_queues()
+
+
+# The webhooks a worker finishes: the view records and enqueues, a
+# `webhooks.delivery_process` task on the default queue acts on the delivery.
+WORKER_PATHS = ("/webhooks/whatsapp/", "/webhooks/aisensy/")
+
+
+def deliveries_process() -> int:
+    """Run the queued ``webhooks.delivery_process`` tasks, as a worker does.
+
+    Each task message is taken off the real broker's ``default`` queue, run in
+    this process (on the test database) and acked; any other task is put back.
+    Returns how many ran.
+    """
+    from vocoeng.celery import app
+    from webhooks.tasks import delivery_process
+
+    ran, others = 0, []
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        while (message := channel.basic_get("default", no_ack=False)) is not None:
+            if message.headers.get("task") != delivery_process.name:
+                others.append(message)
+                continue
+            args, kwargs, _ = message.decode()
+            delivery_process.apply(
+                args=args, kwargs=kwargs, task_id=message.headers["id"]
+            )
+            message.ack()
+            ran += 1
+        for message in others:
+            message.reject(requeue=True)
+    return ran
+
+
+@pytest.fixture
+def client(client, request):
+    """Django's test client; a WhatsApp/AiSensy POST is followed by its task.
+
+    The view answers once the delivery is recorded and queued; the task that
+    acts on it is then run here (see deliveries_process), so a test sees what
+    the sender's delivery became. With a real worker in the test
+    (celery_worker_factory) the worker runs it instead.
+    """
+    post = client.post_only = client.post
+    if "celery_worker_factory" in request.fixturenames:
+        return client
+
+    def post_then_process(path, *args, **kwargs):
+        response = post(path, *args, **kwargs)
+        if path in WORKER_PATHS:
+            deliveries_process()
+        return response
+
+    client.post = post_then_process
+    return client

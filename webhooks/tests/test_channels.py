@@ -238,7 +238,7 @@ def test_database_down_during_the_channel_lookup_is_503(client, monkeypatch) -> 
     def down(**_):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(lookup, "whatsapp_channels_resolve", down)
+    monkeypatch.setattr(lookup, "whatsapp_app_secrets", down)
     monkeypatch.setattr(lookup, "aisensy_channel_for_secret", down)
     response = _post(client, NUMBER_A, "1555", "hi", "secret-a")
     assert response.status_code == 503  # Meta retries; nothing was half-done

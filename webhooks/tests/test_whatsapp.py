@@ -250,30 +250,116 @@ def test_message_without_id_is_skipped_with_reason_others_kept(
     assert "without id" in WebhookDelivery.objects.get().error
 
 
+def test_the_view_records_and_queues_and_the_worker_acts(post_whatsapp, queued) -> None:
+    from webhooks.tests.conftest import deliveries_process
+
+    body = p.notification([p.text("15551230016", "store and forward")])
+    response = post_whatsapp(body, process=False)
+    assert response.status_code == 200
+    delivery = WebhookDelivery.objects.get()
+    assert response.json() == {"status": "ok", "delivery": str(delivery.pk)}
+    # Answered with the delivery recorded and one task queued, nothing else.
+    assert delivery.verdict == "received"
+    assert queued("default") == 1
+    assert not Message.objects.exists()
+    assert queued() == 0
+    assert deliveries_process() == 1
+    delivery.refresh_from_db()
+    assert delivery.verdict == "processed"
+    assert delivery.summary["messages"] == {"queued": 1}
+    assert Message.objects.get().content == "store and forward"
+    assert queued() == 1
+    # A redelivered task (or the sweep's copy) changes nothing.
+    from webhooks.tasks import delivery_process
+
+    delivery_process.apply(args=[str(delivery.pk)])
+    assert Message.objects.count() == 1
+    assert queued() == 1
+    assert queued("default") == 0
+
+
 def test_broker_failure_answers_503_and_the_retry_enqueues(
     post_whatsapp, monkeypatch, queued
 ) -> None:
+    from celery.app.task import Task
+
+    def broken(self, *a, **k):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(Task, "apply_async", broken)
+    body = p.notification([p.text("15551230013", "are you there")])
+    response = post_whatsapp(body)
+    assert response.status_code == 503
+    # Recorded (its body kept for a replay), nothing acted on: Meta retries.
+    failed = WebhookDelivery.objects.get()
+    assert failed.verdict == "failed"
+    assert "broker down" in failed.error
+    assert not Message.objects.exists()
+    monkeypatch.undo()
+    assert post_whatsapp(body).status_code == 200
+    assert queued() == 1
+    assert Message.objects.count() == 1
+
+
+def test_chains_lost_after_commit_are_enqueued_by_the_sweep(
+    post_whatsapp, monkeypatch, queued
+) -> None:
+    from datetime import timedelta
+
     from celery.canvas import Signature
+    from django.utils import timezone
+
+    from webhooks.services import deliveries_sweep
+    from webhooks.tests.conftest import deliveries_process
 
     def broken(self, *a, **k):
         raise ConnectionError("broker down")
 
     monkeypatch.setattr(Signature, "apply_async", broken)
-    body = p.notification([p.text("15551230013", "are you there")])
-    response = post_whatsapp(body)
-    assert response.status_code == 503
-    assert WebhookDelivery.objects.get().verdict == "failed"
-    # The message was committed before the broker call; once it is older than
-    # the requeue window, Meta's retry enqueues its chain again.
+    body = p.notification([p.text("15551230017", "still there?")])
+    assert post_whatsapp(body).status_code == 200
+    # The worker stored the message, then the broker refused its chain: the
+    # delivery goes back to received, saying why.
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.verdict == "received"
+    assert "reply chains not enqueued" in delivery.error
+    assert Message.objects.get().status == "received"
+    assert queued() == 0
     monkeypatch.undo()
+    assert deliveries_sweep() == 0  # too young: its task may still be queued
+    past = timezone.now() - timedelta(minutes=5)
+    WebhookDelivery.objects.update(received_at=past)
+    Message.objects.update(created_at=past)
+    assert deliveries_sweep() == 1
+    assert deliveries_process() == 1
+    delivery.refresh_from_db()
+    assert delivery.verdict == "processed"
+    assert delivery.summary["messages"] == {"queued": 1}
+    assert queued() == 1
+    assert Message.objects.count() == 1
+    assert deliveries_sweep() == 0
+
+
+def test_sweep_enqueues_a_delivery_whose_task_was_lost(post_whatsapp, queued) -> None:
     from datetime import timedelta
 
     from django.utils import timezone
 
-    Message.objects.update(created_at=timezone.now() - timedelta(minutes=5))
-    assert post_whatsapp(body).status_code == 200
+    from webhooks.services import deliveries_sweep
+    from webhooks.tests.conftest import deliveries_process
+
+    body = p.notification([p.text("15551230018", "lost task")])
+    assert post_whatsapp(body, process=False).status_code == 200
+    assert queued("default") == 1
+    from conftest import purge_queues
+
+    purge_queues()  # the broker lost the task
+    WebhookDelivery.objects.update(received_at=timezone.now() - timedelta(minutes=5))
+    assert deliveries_sweep() == 1
+    assert deliveries_process() == 1
+    assert WebhookDelivery.objects.get().verdict == "processed"
+    assert Message.objects.get().content == "lost task"
     assert queued() == 1
-    assert Message.objects.count() == 1
 
 
 def test_rate_limited_sender_is_stored_without_ai(

@@ -1,0 +1,46 @@
+"""Celery tasks of the webhooks: the worker's half of a WhatsApp/AiSensy delivery."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from vocoeng.queues import Queue
+
+from . import services
+
+
+@shared_task(
+    name="webhooks.delivery_process",
+    bind=True,
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    route=Queue.DEFAULT,
+    max_retries=5,
+)
+def delivery_process(self, delivery_id: str) -> None:
+    """Parse a recorded delivery and act on it, once (see the service)."""
+    try:
+        services.delivery_process_queued(delivery_id=delivery_id)
+    except services.ChainsNotEnqueued:
+        raise  # the sweep takes it again once its messages may be requeued
+    except Exception as exc:
+        if self.request.retries < self.max_retries:
+            countdown = min(300, 2 ** (self.request.retries + 1))
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        # For good: recorded as failed with the error, for a replay from the admin.
+        services.delivery_fail_by_id(
+            delivery_id=delivery_id, error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+
+
+@shared_task(
+    name="webhooks.deliveries_sweep",
+    ignore_result=True,
+    acks_late=True,
+    route=Queue.DEFAULT,
+)
+def deliveries_sweep() -> int:
+    """Enqueue again the deliveries whose task was lost (a beat task)."""
+    return services.deliveries_sweep()
