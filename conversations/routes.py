@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from celery.canvas import Signature, _chain
@@ -52,17 +53,23 @@ def inbound_store(
     )
 
 
-def reply_chain(message: Message) -> Signature:
-    """Build the reply chain for a stored inbound message."""
+@cache
+def _reply_task_names() -> tuple[str, str, str]:
     from .tasks import reply_deliver, reply_generate, reply_publish
 
+    return reply_generate.name, reply_publish.name, reply_deliver.name
+
+
+def reply_chain(message: Message) -> Signature:
+    """Build the reply chain for a stored inbound message."""
+    generate, publish, deliver = _reply_task_names()
     # The dicts reply_generate.si(pk) | reply_publish.s() | reply_deliver.s()
     # make, built by task name: chain() clones each step as it folds them and
     # .s() binds each to its task object (~30 µs a chain together, measured).
     return _chain(
-        Signature(reply_generate.name, (str(message.pk),), immutable=True, app=app),
-        Signature(reply_publish.name, app=app),
-        Signature(reply_deliver.name, app=app),
+        Signature(generate, (str(message.pk),), immutable=True, app=app),
+        Signature(publish, app=app),
+        Signature(deliver, app=app),
     )
 
 
