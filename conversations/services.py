@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from vocoeng import bus
@@ -22,6 +22,7 @@ from .budget import BudgetExceeded, SpendGuard, ledger_fields
 from .delivery import DeliveryError, adapter_for
 from .models import AICall, Conversation, Message
 from .providers import AIUnavailable, Attempt, ChatTurn
+from .queries import message_claim, message_for_reply
 from .stores import StoreError, get_store
 
 logger = logging.getLogger(__name__)
@@ -108,14 +109,7 @@ def _claim(message_id: Any) -> bool:
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
-    return bool(
-        Message.objects.filter(pk=message_id, role=Message.Role.USER)
-        .filter(
-            Q(status=Message.Status.RECEIVED)
-            | Q(status=Message.Status.PROCESSING, processing_started_at__lt=stale)
-        )
-        .update(status=Message.Status.PROCESSING, processing_started_at=now)
-    )
+    return message_claim(message_id, now=now, stale_before=stale)
 
 
 def ai_call_record(
@@ -174,9 +168,10 @@ def reply_generate(*, message_id: Any) -> Message | None:
             return existing
         logger.info("idempotent_skip message=%s status=%s", inbound.id, inbound.status)
         return None
-    inbound = Message.objects.select_related(
-        "conversation__tenant", "conversation__account"
-    ).get(pk=message_id)
+    # The message, its conversation, tenant and channel (one statement).
+    inbound = message_for_reply(message_id)
+    if inbound is None:  # claimed, so it exists; deleted since by an operator
+        raise Message.DoesNotExist(f"message {message_id} does not exist")
 
     started = time.monotonic()
     store = get_store()
