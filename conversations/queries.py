@@ -1,14 +1,16 @@
-"""The two statements that start every reply, written as SQL.
+"""The statements of every reply, written as SQL.
 
 An ``ai`` worker is one process whose 100 threads share one GIL, so the CPU a
 reply costs caps the replies per second (bench/ai_fanout.py). Through the ORM,
 compiling these two statements cost more than running them (measured on
 PostgreSQL: the claim, a filtered UPDATE, ~450 µs; the inbound message with
-its conversation, tenant and channel via select_related ~1,050 µs). Here they
-are written once per process, and the rows come back through the same
-converters and ``Model.from_db`` the ORM uses, so the instances are the ones
-the ORM would build. Portable: PostgreSQL and SQLite (quoted names, %s
-parameters adapted by the fields).
+its conversation, tenant and channel via select_related ~1,050 µs; the same
+statements here ~150-250 µs). Here they are written once per process: the
+claim, the read, the reply's INSERT and its two UPDATEs, the usage row. Rows
+come back through the same converters and ``Model.from_db`` the ORM uses, and
+values go in through the fields' own ``pre_save`` and adapters, so what is
+stored and built is what the ORM would store and build. Portable: PostgreSQL
+and SQLite >= 3.35 (RETURNING).
 """
 
 from __future__ import annotations
@@ -168,3 +170,76 @@ def message_claim(message_id: Any, *, now: datetime, stale_before: datetime) -> 
     with connection.cursor() as cursor:
         cursor.execute(_claim_sql(connection.vendor), params)
         return cursor.rowcount == 1
+
+
+@functools.cache
+def _insert_plan(model: type[Model], vendor: str) -> tuple[str, list[Any], bool]:
+    """Return (SQL, fields, whether the pk comes back) to insert a ``model``."""
+    meta = model._meta
+    auto = meta.pk.db_returning  # an AutoField: the database numbers the row
+    fields = [f for f in meta.concrete_fields if not (auto and f is meta.pk)]
+    sql = (
+        f"INSERT INTO {_q(meta.db_table)}"  # noqa: S608 - our names
+        f" ({', '.join(_q(f.column) for f in fields)})"
+        f" VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    if auto:
+        sql += f" RETURNING {_q(meta.pk.column)}"
+    return sql, fields, auto
+
+
+def row_insert(instance: Model) -> None:
+    """Insert ``instance`` as ``save()`` does for a new row (defaults,
+    ``auto_now_add``, field adapters), in one statement compiled once.
+
+    For the models of the reply path only: no save signals are sent (none are
+    connected to them), and a duplicate raises IntegrityError as save() does.
+    """
+    sql, fields, auto = _insert_plan(type(instance), connection.vendor)
+    params = [
+        f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if auto:
+            (instance.pk,) = cursor.fetchone()  # an integer on every backend
+    instance._state.adding = False
+    instance._state.db = connection.alias
+
+
+@functools.cache
+def _reply_updates_sql(vendor: str) -> tuple[str, str, str]:
+    message, conversation = Message._meta.db_table, Conversation._meta.db_table
+    count = _q("message_count")
+    return (
+        f"UPDATE {_q(message)} SET {_q('status')} = %s"  # noqa: S608 - our names
+        f" WHERE {_q(Message._meta.pk.column)} = %s",
+        f"UPDATE {_q(message)} SET {_q('status')} = %s, {_q('error')} = %s"  # noqa: S608
+        f" WHERE {_q(Message._meta.pk.column)} = %s",
+        f"UPDATE {_q(conversation)} SET {count} = {count} + 1,"  # noqa: S608
+        f" {_q('last_response')} = %s, {_q('last_activity')} = %s"
+        f" WHERE {_q(Conversation._meta.pk.column)} = %s",
+    )
+
+
+def reply_recorded(
+    *, inbound: Message, status: str, error: str | None, text: str, now: datetime
+) -> None:
+    """Mark ``inbound`` with ``status`` (and ``error``) and count the reply
+    ``text`` on its conversation: the two UPDATEs that follow a stored reply."""
+    status_only, with_error, counters = _reply_updates_sql(connection.vendor)
+    pk = _prep(Message, "id", inbound.pk)
+    last_activity = Conversation._meta.get_field("last_activity")
+    with connection.cursor() as cursor:
+        if error is None:
+            cursor.execute(status_only, [status, pk])
+        else:
+            cursor.execute(with_error, [status, error, pk])
+        cursor.execute(
+            counters,
+            [
+                text,
+                last_activity.get_db_prep_value(now, connection),
+                inbound.conversation_id,
+            ],
+        )

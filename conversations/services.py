@@ -22,7 +22,7 @@ from .budget import BudgetExceeded, SpendGuard, ledger_fields
 from .delivery import DeliveryError, adapter_for
 from .models import AICall, Conversation, Message
 from .providers import AIUnavailable, Attempt, ChatTurn
-from .queries import message_claim, message_for_reply
+from .queries import message_claim, message_for_reply, reply_recorded, row_insert
 from .stores import StoreError, get_store
 
 logger = logging.getLogger(__name__)
@@ -120,9 +120,11 @@ def ai_call_record(
     message: Message | None = None,
 ) -> AICall:
     """Record one model attempt in the usage ledger (chat replies and pipeline)."""
-    return AICall.objects.create(
+    call = AICall(
         tenant_id=tenant_id, message=message, ref=ref, **ledger_fields(attempt)
     )
+    row_insert(call)
+    return call
 
 
 def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
@@ -274,7 +276,7 @@ def _reply_store(
     transaction): the reply, the inbound message's status and the
     conversation's counters. A second reply to the same message raises
     IntegrityError (the one-to-one ``reply_to``)."""
-    reply = Message.objects.create(
+    reply = Message(
         conversation=inbound.conversation,
         channel=inbound.channel,
         role=Message.Role.ASSISTANT,
@@ -283,14 +285,16 @@ def _reply_store(
         reply_to=inbound,
         **fields,
     )
-    marked: dict[str, Any] = {"status": inbound_status}
-    if inbound_error:
-        marked["error"] = inbound_error[:2000]
-    Message.objects.filter(pk=inbound.pk).update(**marked)
-    Conversation.objects.filter(pk=inbound.conversation_id).update(
-        message_count=F("message_count") + 1,
-        last_response=text,
-        last_activity=timezone.now(),
+    # What Message.objects.create and two filtered updates would run, as
+    # statements compiled once (conversations/queries.py: the reply path's
+    # CPU is the ai worker's ceiling).
+    row_insert(reply)
+    reply_recorded(
+        inbound=inbound,
+        status=inbound_status,
+        error=inbound_error[:2000] if inbound_error else None,
+        text=text,
+        now=timezone.now(),
     )
     return reply
 

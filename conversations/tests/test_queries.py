@@ -129,3 +129,74 @@ def test_claim_ignores_replies_and_finished_messages() -> None:
         status=Message.Status.RECEIVED,
     )
     assert message_claim(reply.pk, now=now, stale_before=now) is False
+
+
+def test_row_insert_stores_what_create_stores() -> None:
+    from django.db import IntegrityError, transaction
+
+    from conversations.models import AICall
+    from conversations.queries import row_insert
+
+    inbound = _inbound(account=None)
+    fields = {
+        "conversation": inbound.conversation,
+        "channel": "api",
+        "role": Message.Role.ASSISTANT,
+        "content": "Réponse ✓",
+        "status": Message.Status.PENDING,
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "prompt_tokens": 12,
+        "completion_tokens": 5,
+        "total_tokens": 17,
+        "cost": Decimal("0.000123"),
+        "processing_time_ms": 42,
+        "metadata": {"attempts": 1, "nested": [1, {"x": None}]},
+    }
+    reply = Message(reply_to=inbound, **fields)
+    row_insert(reply)
+    other = Message.objects.create(**fields)
+
+    stored = Message.objects.get(pk=reply.pk)
+    assert not reply._state.adding
+    assert reply.created_at is not None and stored.created_at == reply.created_at
+    assert stored.updated_at == reply.updated_at
+    skip = {"id", "reply_to_id", "created_at", "updated_at"}
+    assert {k: v for k, v in _fields(stored).items() if k not in skip} == {
+        k: v for k, v in _fields(other).items() if k not in skip
+    }
+    assert stored.reply_to_id == inbound.pk
+    # The one-to-one reply_to still guards against a second reply.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        row_insert(Message(reply_to=inbound, **fields))
+
+    call = AICall(
+        tenant=inbound.conversation.tenant,
+        message=inbound,
+        ref="message:x",
+        provider="openai",
+        model="gpt-4o-mini",
+        attempt=1,
+        status=AICall.Status.SUCCEEDED,
+        cost=Decimal("0.5"),
+    )
+    row_insert(call)
+    assert isinstance(call.pk, int)
+    assert AICall.objects.get(pk=call.pk).cost == Decimal("0.5")
+
+
+def test_reply_recorded_marks_the_message_and_counts_on_the_conversation() -> None:
+    from conversations.queries import reply_recorded
+
+    inbound = _inbound(account=None)
+    now = timezone.now()
+    reply_recorded(inbound=inbound, status="replied", error=None, text="A", now=now)
+    reply_recorded(
+        inbound=inbound, status="over_budget", error="cap", text="B", now=now
+    )
+    inbound.refresh_from_db()
+    conversation = Conversation.objects.get(pk=inbound.conversation_id)
+    assert (inbound.status, inbound.error) == ("over_budget", "cap")
+    assert conversation.message_count == 5  # 3 + 2
+    assert conversation.last_response == "B"
+    assert conversation.last_activity == now
