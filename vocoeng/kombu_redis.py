@@ -7,7 +7,7 @@ BRPOP round trip, a MULTI/EXEC pipeline to record the message as unacked, and
 a new ``redis.Redis`` object for each of them; after every round trip the
 consumer thread waits for the GIL again. Timing the claims of 500 tasks showed
 the pool starved: on average 50-80 of the 100 threads busy, while messages
-waited in Redis. Three changes:
+waited in Redis. Four changes:
 
 - Batched receive. On Redis >= 7, one ``BLMPOP … RIGHT COUNT n`` takes up to
   ``n`` messages (the prefetch credit left, at most ``receive_batch``) where
@@ -18,6 +18,12 @@ waited in Redis. Three changes:
   its messages reaches a consumer, so an ack can never overtake its unacked
   entry. A crash between the pop and that pipeline loses the popped messages,
   as kombu's own BRPOP + append does for one. Older servers keep BRPOP.
+- Batched ack removal. An ack made on the worker's event loop frees its
+  prefetch slot at once; the ZREM + HDEL of every ack of one loop turn go out
+  in one pipeline on the next turn (and when the hub closes). A crash in
+  between leaves those entries, and the restore sweep hands the tasks out again
+  after the visibility timeout: at least once, as for a crash just before an
+  ack, and the claims make the rerun a no-op. Acks off the loop go at once.
 - The unacked bookkeeping of single messages and of acks (ZREM + HDEL) in plain
   pipelines instead of MULTI/EXEC: the two commands already travel in one
   write, and the restore sweep (the only other reader) takes its own lock and
@@ -33,27 +39,65 @@ Selected by ``vocoeng.settings`` for ``redis://`` and ``rediss://`` broker URLs.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
+logger = logging.getLogger(__name__)
+
 # Messages taken by one BLMPOP at most (the prefetch credit also bounds it).
 RECEIVE_BATCH = 64
 
 
 class QoS(kombu_redis.QoS):
-    """Plain pipelines; skip the Redis write for messages stored as a batch."""
+    """Plain pipelines; batched unacked entries; acks removed per loop turn."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stored: set[Any] = set()  # tags whose unacked entries exist
+        self._acked: list[Any] = []  # acked tags whose entries are still there
+
+    def ack(self, delivery_tag: Any) -> None:
+        hub = get_event_loop()
+        if hub is None or hub._loop_thread != threading.get_ident():
+            super().ack(delivery_tag)
+            return
+        # On the worker's event loop: the prefetch slot is free at once; the
+        # Redis entries of every ack of this loop turn go in one pipeline, run
+        # by the loop right after (and by the hub when it closes).
+        virtual.QoS.ack(self, delivery_tag)
+        self._acked.append(delivery_tag)
+        if len(self._acked) == 1:
+            hub.call_soon(self.acks_flush)
+
+    def acks_flush(self) -> None:
+        """Remove the unacked entries of the acks made since the last flush."""
+        tags, self._acked = self._acked, []
+        if not tags:
+            return
+        try:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags)
+                pipe.hdel(self.unacked_key, *tags)
+                pipe.execute()
+        except self.channel.connection_errors as exc:
+            # The entries stay: after the visibility timeout the restore sweep
+            # hands those tasks out again, and their claims make that a no-op.
+            logger.warning("redis_acks_not_removed count=%s error=%s", len(tags), exc)
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        self.acks_flush()
+        return super().restore_unacked(client)
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         if delivery_tag in self._stored:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
 
 import pytest
@@ -119,3 +120,55 @@ def _hkeys(conn: Connection, key: str) -> list:
     with channel.conn_or_acquire() as client:
         # HKEYS is not among the commands kombu's client prefixes itself.
         return client.hkeys(channel.global_keyprefix + key)
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+def test_acks_on_the_event_loop_are_removed_together_on_the_next_turn() -> None:
+    from kombu.asynchronous import Hub, set_event_loop
+
+    queue = _queue(f"vocoeng-test-{uuid.uuid4().hex[:8]}")
+    with Connection(URL, transport=Transport) as conn:
+        _publish(conn, queue, 5)
+        channel = conn.default_channel
+        got: list = []
+        with conn.Consumer(queue, callbacks=[lambda body, m: got.append(m)]):
+            while len(got) < 5:
+                conn.drain_events(timeout=5)
+        assert len(_hkeys(conn, channel.unacked_key)) == 5
+        hub = Hub()
+        hub._loop_thread = threading.get_ident()  # as if this thread ran it
+        set_event_loop(hub)
+        try:
+            for message in got[:3]:
+                message.ack()
+            # Acked (the prefetch slots are free) but not yet removed in Redis.
+            assert channel.qos._delivered.keys() - channel.qos._dirty == {
+                m.delivery_tag for m in got[3:]
+            }
+            assert len(_hkeys(conn, channel.unacked_key)) == 5
+            for callback in hub._pop_ready():  # the loop's next turn
+                callback()
+            left = {bytes_to_str(k) for k in _hkeys(conn, channel.unacked_key)}
+            assert left == {m.delivery_tag for m in got[3:]}
+            for message in got[3:]:
+                message.ack()
+        finally:
+            hub.close()  # runs what is still pending, as a worker's hub does
+            set_event_loop(None)
+        assert _hkeys(conn, channel.unacked_key) == []
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+def test_acks_off_the_event_loop_are_removed_at_once() -> None:
+    queue = _queue(f"vocoeng-test-{uuid.uuid4().hex[:8]}")
+    with Connection(URL, transport=Transport) as conn:
+        _publish(conn, queue, 2)
+        channel = conn.default_channel
+        got: list = []
+        with conn.Consumer(queue, callbacks=[lambda body, m: got.append(m)]):
+            while len(got) < 2:
+                conn.drain_events(timeout=5)
+        got[0].ack()
+        assert len(_hkeys(conn, channel.unacked_key)) == 1
+        got[1].ack()
+        assert _hkeys(conn, channel.unacked_key) == []
