@@ -126,14 +126,9 @@ def _hkeys(conn: Connection, key: str) -> list:
 def test_acks_on_the_event_loop_are_removed_together_on_the_next_turn() -> None:
     from kombu.asynchronous import Hub, set_event_loop
 
-    queue = _queue(f"vocoeng-test-{uuid.uuid4().hex[:8]}")
     with Connection(URL, transport=Transport) as conn:
-        _publish(conn, queue, 5)
+        got = _received_unacked(conn, 5)
         channel = conn.default_channel
-        got: list = []
-        with conn.Consumer(queue, callbacks=[lambda body, m: got.append(m)]):
-            while len(got) < 5:
-                conn.drain_events(timeout=5)
         assert len(_hkeys(conn, channel.unacked_key)) == 5
         hub = Hub()
         hub._loop_thread = threading.get_ident()  # as if this thread ran it
@@ -160,15 +155,21 @@ def test_acks_on_the_event_loop_are_removed_together_on_the_next_turn() -> None:
 
 @pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
 def test_acks_off_the_event_loop_are_removed_at_once() -> None:
-    queue = _queue(f"vocoeng-test-{uuid.uuid4().hex[:8]}")
     with Connection(URL, transport=Transport) as conn:
-        _publish(conn, queue, 2)
+        got = _received_unacked(conn, 2)
         channel = conn.default_channel
-        got: list = []
-        with conn.Consumer(queue, callbacks=[lambda body, m: got.append(m)]):
-            while len(got) < 2:
-                conn.drain_events(timeout=5)
         got[0].ack()
         assert len(_hkeys(conn, channel.unacked_key)) == 1
         got[1].ack()
         assert _hkeys(conn, channel.unacked_key) == []
+
+
+def _received_unacked(conn: Connection, count: int) -> list:
+    """Publish ``count`` messages to a new queue; return them received, unacked."""
+    queue = _queue(f"vocoeng-test-{uuid.uuid4().hex[:8]}")
+    _publish(conn, queue, count)
+    got: list = []
+    with conn.Consumer(queue, callbacks=[lambda body, m: got.append(m)]):
+        while len(got) < count:
+            conn.drain_events(timeout=5)
+    return got
