@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, setup_logging, worker_init
+from celery.signals import beat_init, setup_logging, task_postrun, worker_init
 from kombu import Queue as KombuQueue
 
 from .queues import Queue
@@ -57,3 +57,18 @@ def _role_beat(**_: Any) -> None:
     from .logging_setup import role_set
 
     role_set("beat")
+
+
+@task_postrun.connect(dispatch_uid="vocoeng.celery.db_release")
+def _db_release(sender: Any = None, **_: Any) -> None:
+    """Hand the task's database connection back (to the pool), or drop it if broken.
+
+    What Django does at the end of a web request; Celery's own fixup would
+    close the whole pool after every prefork task (CELERY_DB_REUSE_MAX). An
+    eager task runs inside its caller's connection and transaction: left alone.
+    """
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()
