@@ -173,3 +173,18 @@ def _received_unacked(conn: Connection, count: int) -> list:
         while len(got) < count:
             conn.drain_events(timeout=5)
     return got
+
+
+def test_delivery_tags_are_unique_per_channel_and_after_a_fork(monkeypatch) -> None:
+    with Connection(URL, transport=Transport) as conn:
+        one, two = conn.channel(), conn.channel()
+        tags = [one._next_delivery_tag() for _ in range(1000)]
+        tags += [two._next_delivery_tag() for _ in range(1000)]
+        assert len(set(tags)) == 2000
+        before = one._next_delivery_tag()
+        monkeypatch.setattr("os.getpid", lambda: -1)  # as in a forked child
+        after = one._next_delivery_tag()
+        assert after.rsplit("-", 1)[0] != before.rsplit("-", 1)[0]
+        assert uuid.UUID(after)  # the shape of kombu's own tags
+        one.close()
+        two.close()
