@@ -39,6 +39,17 @@ def purge_queues() -> None:
                 channel.queue_purge(q.value)
             except Exception:  # noqa: S110 - a queue that never existed
                 pass
+        if hasattr(channel, "unacked_key"):
+            # Redis: what earlier tests' workers left unacked (a worker stopped
+            # cold or killed) would be restored into this test once a worker
+            # with a short visibility timeout sweeps; so would a restore lock
+            # (5 minutes) left by a worker killed mid-sweep.
+            with channel.conn_or_acquire() as client:
+                client.delete(
+                    channel.unacked_key,
+                    channel.unacked_index_key,
+                    channel.unacked_mutex_key,
+                )
 
 
 class WorkerProcess(ChildProcess):
