@@ -24,6 +24,7 @@ from django.db import connection
 from django.db.models import Model
 
 from vocoeng.models import Channel, Tenant
+from vocoeng.sql import db_value, quote, rowcount
 
 from .models import Conversation, Message
 
@@ -36,37 +37,29 @@ _JOINED: tuple[tuple[type[Model], str], ...] = (
 )
 
 
-def _q(name: str) -> str:
-    return connection.ops.quote_name(name)
-
-
-def _prep(model: type[Model], name: str, value: Any) -> Any:
-    """Return ``value`` as the database compares it with ``model.name``."""
-    return model._meta.get_field(name).get_db_prep_value(value, connection)
-
-
 @functools.cache
 def _select_sql(vendor: str) -> str:
     columns = ", ".join(
-        f"{alias}.{_q(f.column)}"
+        f"{alias}.{quote(f.column)}"
         for model, alias in _JOINED
         for f in model._meta.concrete_fields
     )
     message, conversation = Message._meta, Conversation._meta
 
     def pk(model: type[Model]) -> str:
-        return _q(model._meta.pk.column)
+        return quote(model._meta.pk.column)
 
-    def fk(name: str) -> str:
-        return _q(conversation.get_field(name).column)
+    def fk(meta: Any, name: str) -> str:
+        return quote(meta.get_field(name).column)
 
     return (
-        f"SELECT {columns} FROM {_q(message.db_table)} m"  # noqa: S608 - our names
-        f" JOIN {_q(conversation.db_table)} c"
-        f" ON c.{pk(Conversation)} = m.{_q(message.get_field('conversation').column)}"
-        f" JOIN {_q(Tenant._meta.db_table)} t ON t.{pk(Tenant)} = c.{fk('tenant')}"
-        f" LEFT JOIN {_q(Channel._meta.db_table)} a"
-        f" ON a.{pk(Channel)} = c.{fk('account')}"
+        f"SELECT {columns} FROM {quote(message.db_table)} m"  # noqa: S608 - our names
+        f" JOIN {quote(conversation.db_table)} c"
+        f" ON c.{pk(Conversation)} = m.{fk(message, 'conversation')}"
+        f" JOIN {quote(Tenant._meta.db_table)} t"
+        f" ON t.{pk(Tenant)} = c.{fk(conversation, 'tenant')}"
+        f" LEFT JOIN {quote(Channel._meta.db_table)} a"
+        f" ON a.{pk(Channel)} = c.{fk(conversation, 'account')}"
         f" WHERE m.{pk(Message)} = %s"
     )
 
@@ -122,7 +115,7 @@ def message_for_reply(message_id: Any) -> Message | None:
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            _select_sql(connection.vendor), [_prep(Message, "id", message_id)]
+            _select_sql(connection.vendor), [db_value(Message, "id", message_id)]
         )
         row = cursor.fetchone()
     if row is None:
@@ -146,10 +139,10 @@ def message_for_reply(message_id: Any) -> Message | None:
 
 @functools.cache
 def _claim_sql(vendor: str) -> str:
-    status, started = _q("status"), _q("processing_started_at")
+    status, started = quote("status"), quote("processing_started_at")
     return (
-        f"UPDATE {_q(Message._meta.db_table)} SET {status} = %s, {started} = %s"  # noqa: S608 - our names
-        f" WHERE {_q(Message._meta.pk.column)} = %s AND {_q('role')} = %s"
+        f"UPDATE {quote(Message._meta.db_table)} SET {status} = %s, {started} = %s"  # noqa: S608 - our names
+        f" WHERE {quote(Message._meta.pk.column)} = %s AND {quote('role')} = %s"
         f" AND ({status} = %s OR ({status} = %s AND {started} < %s))"
     )
 
@@ -157,19 +150,16 @@ def _claim_sql(vendor: str) -> str:
 def message_claim(message_id: Any, *, now: datetime, stale_before: datetime) -> bool:
     """Claim an inbound message: received, or processing since before
     ``stale_before``; set it processing since ``now``. True when claimed."""
-    when = Message._meta.get_field("processing_started_at")
     params = [
         Message.Status.PROCESSING,
-        when.get_db_prep_value(now, connection),
-        _prep(Message, "id", message_id),
+        db_value(Message, "processing_started_at", now),
+        db_value(Message, "id", message_id),
         Message.Role.USER,
         Message.Status.RECEIVED,
         Message.Status.PROCESSING,
-        when.get_db_prep_value(stale_before, connection),
+        db_value(Message, "processing_started_at", stale_before),
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(_claim_sql(connection.vendor), params)
-        return cursor.rowcount == 1
+    return rowcount(_claim_sql(connection.vendor), params) == 1
 
 
 @functools.cache
@@ -179,12 +169,12 @@ def _insert_plan(model: type[Model], vendor: str) -> tuple[str, list[Any], bool]
     auto = meta.pk.db_returning  # an AutoField: the database numbers the row
     fields = [f for f in meta.concrete_fields if not (auto and f is meta.pk)]
     sql = (
-        f"INSERT INTO {_q(meta.db_table)}"  # noqa: S608 - our names
-        f" ({', '.join(_q(f.column) for f in fields)})"
+        f"INSERT INTO {quote(meta.db_table)}"  # noqa: S608 - our names
+        f" ({', '.join(quote(f.column) for f in fields)})"
         f" VALUES ({', '.join(['%s'] * len(fields))})"
     )
     if auto:
-        sql += f" RETURNING {_q(meta.pk.column)}"
+        sql += f" RETURNING {quote(meta.pk.column)}"
     return sql, fields, auto
 
 
@@ -210,15 +200,15 @@ def row_insert(instance: Model) -> None:
 @functools.cache
 def _reply_updates_sql(vendor: str) -> tuple[str, str, str]:
     message, conversation = Message._meta.db_table, Conversation._meta.db_table
-    count = _q("message_count")
+    count = quote("message_count")
     return (
-        f"UPDATE {_q(message)} SET {_q('status')} = %s"  # noqa: S608 - our names
-        f" WHERE {_q(Message._meta.pk.column)} = %s",
-        f"UPDATE {_q(message)} SET {_q('status')} = %s, {_q('error')} = %s"  # noqa: S608
-        f" WHERE {_q(Message._meta.pk.column)} = %s",
-        f"UPDATE {_q(conversation)} SET {count} = {count} + 1,"  # noqa: S608
-        f" {_q('last_response')} = %s, {_q('last_activity')} = %s"
-        f" WHERE {_q(Conversation._meta.pk.column)} = %s",
+        f"UPDATE {quote(message)} SET {quote('status')} = %s"  # noqa: S608 - our names
+        f" WHERE {quote(Message._meta.pk.column)} = %s",
+        f"UPDATE {quote(message)} SET {quote('status')} = %s, {quote('error')} = %s"  # noqa: S608
+        f" WHERE {quote(Message._meta.pk.column)} = %s",
+        f"UPDATE {quote(conversation)} SET {count} = {count} + 1,"  # noqa: S608
+        f" {quote('last_response')} = %s, {quote('last_activity')} = %s"
+        f" WHERE {quote(Conversation._meta.pk.column)} = %s",
     )
 
 
@@ -228,8 +218,7 @@ def reply_recorded(
     """Mark ``inbound`` with ``status`` (and ``error``) and count the reply
     ``text`` on its conversation: the two UPDATEs that follow a stored reply."""
     status_only, with_error, counters = _reply_updates_sql(connection.vendor)
-    pk = _prep(Message, "id", inbound.pk)
-    last_activity = Conversation._meta.get_field("last_activity")
+    pk = db_value(Message, "id", inbound.pk)
     with connection.cursor() as cursor:
         if error is None:
             cursor.execute(status_only, [status, pk])
@@ -239,7 +228,7 @@ def reply_recorded(
             counters,
             [
                 text,
-                last_activity.get_db_prep_value(now, connection),
+                db_value(Conversation, "last_activity", now),
                 inbound.conversation_id,
             ],
         )

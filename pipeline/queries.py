@@ -22,6 +22,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Model
 
+from vocoeng import sql
 from vocoeng.models import Tenant
 
 from .models import Run, StepProgress
@@ -29,11 +30,6 @@ from .models import Run, StepProgress
 RUN = Run._meta.db_table
 STEP = StepProgress._meta.db_table
 TENANT = Tenant._meta.db_table
-
-
-def _db(model: type[Model], name: str, value: Any) -> Any:
-    """Return ``value`` as the database takes it for ``model.name``."""
-    return model._meta.get_field(name).get_db_prep_save(value, connection)
 
 
 def _instance(model: type[Model], values: dict[str, Any]) -> Any:
@@ -48,18 +44,6 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
-def _count(sql: str, params: Sequence[Any]) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
-
-
 def step_context(
     run_id: Any, names: Sequence[str] | None
 ) -> tuple[Run | None, bool, dict[str, StepProgress]]:
@@ -68,13 +52,13 @@ def step_context(
     One statement: the run joined to its tenant and to the steps ``names``
     (all of them when None). Returns (None, False, {}) for an unknown run.
     """
-    pk = _db(Run, "id", run_id)
+    pk = sql.db_value(Run, "id", run_id)
     only = ""
     params: list[Any] = []
     if names is not None:
         only = f' AND s."name" IN ({", ".join(["%s"] * len(names))})'
         params = list(names)
-    rows = _rows(
+    rows = sql.rows(
         f'SELECT r."status", r."attempts", r."input", r."tenant_id",'  # noqa: S608 - our names
         f' t."monthly_budget" IS NOT NULL OR t."daily_token_cap" IS NOT NULL,'
         f' s."id", s."name", s."position", s."status", s."attempts", s."output",'
@@ -125,18 +109,18 @@ def step_claim(step_id: int, *, now: datetime, stale: datetime) -> int | None:
 
     Returns the claim's attempt number, None when the step was not claimable.
     """
-    rows = _rows(
+    rows = sql.rows(
         f'UPDATE "{STEP}" SET "status" = %s, "started_at" = %s,'  # noqa: S608 - our names
         f' "finished_at" = NULL, "attempts" = "attempts" + 1'
         f' WHERE "id" = %s AND ("status" = %s OR ("status" = %s AND "started_at" < %s))'
         f' RETURNING "attempts"',
         [
             StepProgress.Status.RUNNING,
-            _db(StepProgress, "started_at", now),
+            sql.db_value(StepProgress, "started_at", now),
             step_id,
             StepProgress.Status.PENDING,
             StepProgress.Status.RUNNING,
-            _db(StepProgress, "started_at", stale),
+            sql.db_value(StepProgress, "started_at", stale),
         ],
     )
     return rows[0][0] if rows else None
@@ -151,11 +135,14 @@ def step_write(
         f'"{StepProgress._meta.get_field(name).column}" = %s' for name in values
     )
     return bool(
-        _count(
+        sql.rowcount(
             f'UPDATE "{STEP}" SET {columns}'  # noqa: S608 - our names
             f' WHERE "id" = %s AND "status" = %s AND "attempts" = %s',
             [
-                *(_db(StepProgress, name, value) for name, value in values.items()),
+                *(
+                    sql.db_value(StepProgress, name, value)
+                    for name, value in values.items()
+                ),
                 step_id,
                 StepProgress.Status.RUNNING,
                 attempt,
@@ -166,7 +153,7 @@ def step_write(
 
 def step_add_usage(step_id: int, prompt: int, completion: int, cost: Decimal) -> None:
     """Add one model attempt's tokens and cost to the step."""
-    _count(
+    sql.rowcount(
         f'UPDATE "{STEP}" SET "prompt_tokens" = "prompt_tokens" + %s,'  # noqa: S608 - our names
         f' "completion_tokens" = "completion_tokens" + %s,'
         f' "total_tokens" = "total_tokens" + %s, "cost" = "cost" + %s'
@@ -175,7 +162,7 @@ def step_add_usage(step_id: int, prompt: int, completion: int, cost: Decimal) ->
             prompt,
             completion,
             prompt + completion,
-            _db(StepProgress, "cost", cost),
+            sql.db_value(StepProgress, "cost", cost),
             step_id,
         ],
     )
@@ -184,14 +171,14 @@ def step_add_usage(step_id: int, prompt: int, completion: int, cost: Decimal) ->
 def run_mark_running(run_id: Any, *, now: datetime) -> bool:
     """Move a queued run to running (started now unless it started before)."""
     return bool(
-        _count(
+        sql.rowcount(
             f'UPDATE "{RUN}" SET "status" = %s,'  # noqa: S608 - our names
             f' "started_at" = COALESCE("started_at", %s)'
             f' WHERE "id" = %s AND "status" = %s',
             [
                 Run.Status.RUNNING,
-                _db(Run, "started_at", now),
-                _db(Run, "id", run_id),
+                sql.db_value(Run, "started_at", now),
+                sql.db_value(Run, "id", run_id),
                 Run.Status.QUEUED,
             ],
         )
@@ -211,7 +198,7 @@ def run_close(
 
     Returns whether the run was still active (whether this call closed it).
     """
-    pk = _db(Run, "id", run_id)
+    pk = sql.db_value(Run, "id", run_id)
     sums = {
         column: f'(SELECT COALESCE(SUM({expression}), 0) FROM "{STEP}"'  # noqa: S608
         ' WHERE "run_id" = %s)'
@@ -224,16 +211,16 @@ def run_close(
     }
     totals = ", ".join(f'"{column}" = {sql}' for column, sql in sums.items())
     return bool(
-        _count(
+        sql.rowcount(
             f'UPDATE "{RUN}" SET "status" = %s, "result" = %s, "error" = %s,'  # noqa: S608 - our names
             f' "error_context" = %s, "finished_at" = %s, {totals}'
             f' WHERE "id" = %s AND "status" IN (%s, %s)',
             [
                 status,
-                _db(Run, "result", result),
+                sql.db_value(Run, "result", result),
                 error,
-                _db(Run, "error_context", context),
-                _db(Run, "finished_at", finished),
+                sql.db_value(Run, "error_context", context),
+                sql.db_value(Run, "finished_at", finished),
                 *[pk] * len(sums),
                 pk,
                 *Run.ACTIVE,
@@ -246,14 +233,14 @@ def run_steps_close(
     run_id: Any, *, from_status: str, to_status: str, error: str, finished: datetime
 ) -> int:
     """Move the run's steps in ``from_status`` to ``to_status`` with ``error``."""
-    return _count(
+    return sql.rowcount(
         f'UPDATE "{STEP}" SET "status" = %s, "finished_at" = %s, "error" = %s'  # noqa: S608 - our names
         f' WHERE "run_id" = %s AND "status" = %s',
         [
             to_status,
-            _db(StepProgress, "finished_at", finished),
+            sql.db_value(StepProgress, "finished_at", finished),
             error,
-            _db(Run, "id", run_id),
+            sql.db_value(Run, "id", run_id),
             from_status,
         ],
     )
