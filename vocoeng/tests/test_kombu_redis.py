@@ -23,6 +23,13 @@ def _redis_up() -> bool:
     return True
 
 
+# Redis runs on the CI machine (and on every machine of this kind); without
+# it the transport under test has no server to talk to.
+needs_redis = pytest.mark.skipif(
+    not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379"
+)
+
+
 def test_the_channel_reuses_one_sync_client() -> None:
     with Connection(URL, transport=Transport) as conn:
         channel = conn.channel()
@@ -32,7 +39,7 @@ def test_the_channel_reuses_one_sync_client() -> None:
         channel.close()
 
 
-@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+@needs_redis
 def test_publish_consume_and_ack_round_trip() -> None:
     queue = _queue(f"vocoeng-test-{uuid.uuid4().hex[:8]}")
     with Connection(URL, transport=Transport) as conn:
@@ -56,7 +63,7 @@ def _publish(conn: Connection, queue: Queue, count: int) -> None:
             )
 
 
-@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+@needs_redis
 @pytest.mark.parametrize("prefix", ["", "vocoeng-test-prefix-"])
 def test_batched_receive_keeps_order_prefetch_and_unacked_entries(prefix) -> None:
     name = f"vocoeng-test-{uuid.uuid4().hex[:8]}"
@@ -85,7 +92,7 @@ def test_batched_receive_keeps_order_prefetch_and_unacked_entries(prefix) -> Non
         assert _hkeys(conn, channel.unacked_key) == []
 
 
-@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+@needs_redis
 def test_a_batch_received_but_not_acked_goes_back_to_the_queue() -> None:
     name = f"vocoeng-test-{uuid.uuid4().hex[:8]}"
     queue = _queue(name)
@@ -122,7 +129,7 @@ def _hkeys(conn: Connection, key: str) -> list:
         return client.hkeys(channel.global_keyprefix + key)
 
 
-@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+@needs_redis
 def test_acks_on_the_event_loop_are_removed_together_on_the_next_turn() -> None:
     from kombu.asynchronous import Hub, set_event_loop
 
@@ -153,7 +160,7 @@ def test_acks_on_the_event_loop_are_removed_together_on_the_next_turn() -> None:
         assert _hkeys(conn, channel.unacked_key) == []
 
 
-@pytest.mark.skipif(not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379")
+@needs_redis
 def test_acks_off_the_event_loop_are_removed_at_once() -> None:
     with Connection(URL, transport=Transport) as conn:
         got = _received_unacked(conn, 2)
