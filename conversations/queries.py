@@ -6,7 +6,11 @@ compiling these two statements cost more than running them (measured on
 PostgreSQL: the claim, a filtered UPDATE, ~450 µs; the inbound message with
 its conversation, tenant and channel via select_related ~1,050 µs; the same
 statements here ~150-250 µs). Here they are written once per process: the
-claim, the read, the reply's INSERT and its two UPDATEs, the usage row. Rows
+claim with the read, the history, the reply's INSERT with its two UPDATEs and
+the usage rows. On PostgreSQL the claim and its read are one statement, and
+so is everything the reply writes (data-modifying WITHs): three round trips a
+reply instead of eight, each also a GIL hand-over among the worker's threads
+(bench/ai_fanout.py: 7.3 -> 5.9 ms of worker CPU per reply). Rows
 come back through the same converters and ``Model.from_db`` the ORM uses, and
 values go in through the fields' own ``pre_save`` and adapters, so what is
 stored and built is what the ORM would store and build. Portable: PostgreSQL
@@ -17,16 +21,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Model
 
 from vocoeng.models import Channel, Tenant
-from vocoeng.sql import db_value, quote, rowcount
+from vocoeng.sql import db_value, quote, rowcount, rows
 
-from .models import Conversation, Message
+from .models import AICall, Conversation, Message
 
 # (model, alias in the SELECT), in the order of the row's columns.
 _JOINED: tuple[tuple[type[Model], str], ...] = (
@@ -37,8 +42,9 @@ _JOINED: tuple[tuple[type[Model], str], ...] = (
 )
 
 
-@functools.cache
-def _select_sql(vendor: str) -> str:
+def _select_from(source: str, where: str) -> str:
+    """The message (read from ``source``, aliased m) with its conversation,
+    tenant and channel, ``where`` applied."""
     columns = ", ".join(
         f"{alias}.{quote(f.column)}"
         for model, alias in _JOINED
@@ -53,14 +59,21 @@ def _select_sql(vendor: str) -> str:
         return quote(meta.get_field(name).column)
 
     return (
-        f"SELECT {columns} FROM {quote(message.db_table)} m"  # noqa: S608 - our names
+        f"SELECT {columns} FROM {source} m"  # noqa: S608 - our names
         f" JOIN {quote(conversation.db_table)} c"
         f" ON c.{pk(Conversation)} = m.{fk(message, 'conversation')}"
         f" JOIN {quote(Tenant._meta.db_table)} t"
         f" ON t.{pk(Tenant)} = c.{fk(conversation, 'tenant')}"
         f" LEFT JOIN {quote(Channel._meta.db_table)} a"
         f" ON a.{pk(Channel)} = c.{fk(conversation, 'account')}"
-        f" WHERE m.{pk(Message)} = %s"
+        f"{where}"
+    )
+
+
+@functools.cache
+def _select_sql(vendor: str) -> str:
+    return _select_from(
+        quote(Message._meta.db_table), f" WHERE m.{quote(Message._meta.pk.column)} = %s"
     )
 
 
@@ -118,8 +131,10 @@ def message_for_reply(message_id: Any) -> Message | None:
             _select_sql(connection.vendor), [db_value(Message, "id", message_id)]
         )
         row = cursor.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _message_from_row(row)
+
+
+def _message_from_row(row: Sequence[Any]) -> Message:
     instances = []
     start = 0
     for model, names, columns in _loaders(connection.vendor):
@@ -147,10 +162,8 @@ def _claim_sql(vendor: str) -> str:
     )
 
 
-def message_claim(message_id: Any, *, now: datetime, stale_before: datetime) -> bool:
-    """Claim an inbound message: received, or processing since before
-    ``stale_before``; set it processing since ``now``. True when claimed."""
-    params = [
+def _claim_params(message_id: Any, now: datetime, stale_before: datetime) -> list:
+    return [
         Message.Status.PROCESSING,
         db_value(Message, "processing_started_at", now),
         db_value(Message, "id", message_id),
@@ -159,23 +172,92 @@ def message_claim(message_id: Any, *, now: datetime, stale_before: datetime) -> 
         Message.Status.PROCESSING,
         db_value(Message, "processing_started_at", stale_before),
     ]
-    return rowcount(_claim_sql(connection.vendor), params) == 1
 
 
 @functools.cache
-def _insert_plan(model: type[Model], vendor: str) -> tuple[str, list[Any], bool]:
-    """Return (SQL, fields, whether the pk comes back) to insert a ``model``."""
+def _claim_read_sql(vendor: str) -> str:
+    return f"WITH claimed AS ({_claim_sql(vendor)} RETURNING *) " + _select_from(
+        "claimed", ""
+    )
+
+
+def message_claim_read(
+    message_id: Any, *, now: datetime, stale_before: datetime
+) -> Message | None:
+    """Claim the message as :func:`message_claim` does and return it as
+    :func:`message_for_reply` does (as claimed), or None when not claimed.
+
+    One round trip on PostgreSQL (a data-modifying WITH); two elsewhere.
+    """
+    params = _claim_params(message_id, now, stale_before)
+    if connection.vendor != "postgresql":
+        if rowcount(_claim_sql(connection.vendor), params) != 1:
+            return None
+        return message_for_reply(message_id)
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_read_sql(connection.vendor), params)
+        row = cursor.fetchone()
+    return None if row is None else _message_from_row(row)
+
+
+@functools.cache
+def _history_sql(vendor: str, statuses: int) -> str:
+    column = quote(Message._meta.get_field("conversation").column)
+    created, status = quote("created_at"), quote("status")
+    return (
+        f"SELECT {quote('role')}, {quote('content')}"  # noqa: S608 - our names
+        f" FROM {quote(Message._meta.db_table)}"
+        f" WHERE {column} = %s AND {created} < %s"
+        f" AND {status} IN ({', '.join(['%s'] * statuses)})"
+        f" ORDER BY {created} DESC LIMIT %s"
+    )
+
+
+def history_rows(
+    *, conversation_id: int, before: datetime, statuses: Sequence[str], limit: int
+) -> list[tuple[str, str]]:
+    """Return (role, content) of the conversation's ``limit`` newest messages
+    created before ``before`` with one of ``statuses``, oldest first."""
+    found = rows(
+        _history_sql(connection.vendor, len(statuses)),
+        [
+            conversation_id,
+            db_value(Message, "created_at", before),
+            *statuses,
+            limit,
+        ],
+    )
+    found.reverse()
+    return found
+
+
+@functools.cache
+def _insert_plan(
+    model: type[Model], vendor: str, count: int = 1
+) -> tuple[str, list[Any], bool]:
+    """Return (SQL, fields, whether the database numbers the rows) to insert
+    ``count`` rows of ``model``; no RETURNING."""
     meta = model._meta
     auto = meta.pk.db_returning  # an AutoField: the database numbers the row
     fields = [f for f in meta.concrete_fields if not (auto and f is meta.pk)]
+    values = f"({', '.join(['%s'] * len(fields))})"
     sql = (
         f"INSERT INTO {quote(meta.db_table)}"  # noqa: S608 - our names
         f" ({', '.join(quote(f.column) for f in fields)})"
-        f" VALUES ({', '.join(['%s'] * len(fields))})"
+        f" VALUES {', '.join([values] * count)}"
     )
-    if auto:
-        sql += f" RETURNING {quote(meta.pk.column)}"
     return sql, fields, auto
+
+
+def _insert_params(instance: Model, fields: list[Any]) -> list[Any]:
+    """The values save() would write for a new ``instance`` (defaults,
+    ``auto_now_add``, field adapters)."""
+    return [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+
+
+def _inserted(instance: Model) -> None:
+    instance._state.adding = False
+    instance._state.db = connection.alias
 
 
 def row_insert(instance: Model) -> None:
@@ -186,15 +268,13 @@ def row_insert(instance: Model) -> None:
     connected to them), and a duplicate raises IntegrityError as save() does.
     """
     sql, fields, auto = _insert_plan(type(instance), connection.vendor)
-    params = [
-        f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields
-    ]
+    if auto:
+        sql += f" RETURNING {quote(instance._meta.pk.column)}"
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, _insert_params(instance, fields))
         if auto:
             (instance.pk,) = cursor.fetchone()  # an integer on every backend
-    instance._state.adding = False
-    instance._state.db = connection.alias
+    _inserted(instance)
 
 
 @functools.cache
@@ -232,3 +312,69 @@ def reply_recorded(
                 inbound.conversation_id,
             ],
         )
+
+
+@functools.cache
+def _reply_write_sql(vendor: str, with_error: bool, calls: int) -> str:
+    reply, _, _ = _insert_plan(Message, vendor)
+    status_only, error, counters = _reply_updates_sql(vendor)
+    parts = [
+        f"r AS ({reply})",
+        f"s AS ({error if with_error else status_only})",
+        f"c AS ({counters})",
+    ]
+    if calls:
+        parts.append(f"a AS ({_insert_plan(AICall, vendor, calls)[0]})")
+    return f"WITH {', '.join(parts)} SELECT 1"
+
+
+def reply_write(
+    *,
+    reply: Message,
+    inbound: Message,
+    status: str,
+    error: str | None,
+    now: datetime,
+    calls: Sequence[AICall] = (),
+) -> None:
+    """Store ``reply`` to ``inbound``, mark ``inbound`` with ``status`` (and
+    ``error``), count the reply on the conversation and add the usage rows
+    ``calls``: all or nothing. A second reply to the same message raises
+    IntegrityError (the one-to-one ``reply_to``) and writes nothing.
+
+    On PostgreSQL one statement (data-modifying WITHs, atomic on its own, so
+    no BEGIN/COMMIT round trips outside a transaction); elsewhere the same
+    rows in a transaction, statement by statement. The numbers the database
+    gives the ``calls`` are not read back.
+    """
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            row_insert(reply)
+            reply_recorded(
+                inbound=inbound, status=status, error=error, text=reply.content, now=now
+            )
+            for call in calls:
+                row_insert(call)
+        return
+    _, message_fields, _ = _insert_plan(Message, connection.vendor)
+    pk = db_value(Message, "id", inbound.pk)
+    params = [
+        *_insert_params(reply, message_fields),
+        *((status, pk) if error is None else (status, error, pk)),
+        reply.content,
+        db_value(Conversation, "last_activity", now),
+        inbound.conversation_id,
+    ]
+    if calls:
+        _, call_fields, _ = _insert_plan(AICall, connection.vendor)
+        for call in calls:
+            params += _insert_params(call, call_fields)
+    sql = _reply_write_sql(connection.vendor, error is not None, len(calls))
+    # Nested in a caller's transaction, a savepoint keeps a duplicate's
+    # IntegrityError from aborting it.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+    _inserted(reply)
+    for call in calls:
+        _inserted(call)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from .budget import BudgetExceeded, SpendGuard, ledger_fields
 from .delivery import DeliveryError, adapter_for
 from .models import AICall, Conversation, Message
 from .providers import AIUnavailable, Attempt, ChatTurn
-from .queries import message_claim, message_for_reply, reply_recorded, row_insert
+from .queries import message_claim_read, reply_write, row_insert
 from .stores import StoreError, get_store
 
 logger = logging.getLogger(__name__)
@@ -101,17 +102,6 @@ def message_needs_reply(message: Message) -> bool:
     )
 
 
-def _claim(message_id: Any) -> bool:
-    """Claim an inbound message for generation; a stale claim can be retaken.
-
-    A worker that died mid-call leaves the message ``processing``; once its
-    claim is older than the hard time limit, the redelivered task takes over.
-    """
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
-    return message_claim(message_id, now=now, stale_before=stale)
-
-
 def ai_call_record(
     *,
     attempt: Attempt,
@@ -120,11 +110,17 @@ def ai_call_record(
     message: Message | None = None,
 ) -> AICall:
     """Record one model attempt in the usage ledger (chat replies and pipeline)."""
-    call = AICall(
-        tenant_id=tenant_id, message=message, ref=ref, **ledger_fields(attempt)
-    )
+    call = _ai_call(attempt, ref, tenant_id, message)
     row_insert(call)
     return call
+
+
+def _ai_call(
+    attempt: Attempt, ref: str, tenant_id: int | None, message: Message | None
+) -> AICall:
+    return AICall(
+        tenant_id=tenant_id, message=message, ref=ref, **ledger_fields(attempt)
+    )
 
 
 def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
@@ -159,9 +155,13 @@ def reply_generate(*, message_id: Any) -> Message | None:
     None when another worker holds the message or it failed; a failure is
     recorded on the message with its reason.
     """
-    # Claim first: on the hot path that is one UPDATE, and the reply check
-    # below is only paid by duplicates.
-    if not _claim(message_id):
+    # Claim first, reading the message with its conversation, tenant and
+    # channel as claimed (one statement on PostgreSQL); the reply check below
+    # is only paid by duplicates.
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    inbound = message_claim_read(message_id, now=now, stale_before=stale)
+    if inbound is None:
         inbound = Message.objects.select_related("conversation").get(pk=message_id)
         existing = Message.objects.filter(reply_to=inbound).first()
         if existing is not None:
@@ -170,11 +170,6 @@ def reply_generate(*, message_id: Any) -> Message | None:
             return existing
         logger.info("idempotent_skip message=%s status=%s", inbound.id, inbound.status)
         return None
-    # The message, its conversation, tenant and channel (one statement).
-    inbound = message_for_reply(message_id)
-    if inbound is None:  # claimed, so it exists; deleted since by an operator
-        raise Message.DoesNotExist(f"message {message_id} does not exist")
-
     started = time.monotonic()
     store = get_store()
     tenant_id = inbound.conversation.tenant_id
@@ -228,25 +223,26 @@ def reply_generate(*, message_id: Any) -> Message | None:
 
     try:
         # The one-to-one reply_to is the guard: a racing duplicate loses here.
-        with transaction.atomic():
-            reply = _reply_store(
-                inbound=inbound,
-                text=completion.text,
-                inbound_status=Message.Status.REPLIED,
-                provider=completion.provider,
-                model=completion.model,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                total_tokens=completion.total_tokens,
-                cost=completion.cost,
-                processing_time_ms=elapsed_ms,
-                metadata={"attempts": len(completion.attempts)},
-            )
+        reply = _reply_store(
+            inbound=inbound,
+            text=completion.text,
+            inbound_status=Message.Status.REPLIED,
             # Tool rounds make several successful calls; each is spend. (A
             # spend guard has ledgered them already.)
-            for attempt in completion.attempts if guard is None else ():
-                if attempt.ok:
-                    _record_attempt(inbound, tenant_id, attempt)
+            calls=[
+                _ai_call(attempt, f"message:{inbound.id}", tenant_id, inbound)
+                for attempt in (completion.attempts if guard is None else ())
+                if attempt.ok
+            ],
+            provider=completion.provider,
+            model=completion.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_tokens=completion.total_tokens,
+            cost=completion.cost,
+            processing_time_ms=elapsed_ms,
+            metadata={"attempts": len(completion.attempts)},
+        )
     except IntegrityError:
         reply = Message.objects.get(reply_to=inbound)
         logger.info("idempotent_skip message=%s reply=%s", inbound.id, reply.id)
@@ -270,12 +266,13 @@ def _reply_store(
     text: str,
     inbound_status: str,
     inbound_error: str = "",
+    calls: Sequence[AICall] = (),
     **fields: Any,
 ) -> Message:
-    """Store ``text`` as the pending reply to ``inbound`` (in the caller's
-    transaction): the reply, the inbound message's status and the
-    conversation's counters. A second reply to the same message raises
-    IntegrityError (the one-to-one ``reply_to``)."""
+    """Store ``text`` as the pending reply to ``inbound``, all or nothing:
+    the reply, the inbound message's status, the conversation's counters and
+    the usage rows ``calls``. A second reply to the same message raises
+    IntegrityError (the one-to-one ``reply_to``) and stores nothing."""
     reply = Message(
         conversation=inbound.conversation,
         channel=inbound.channel,
@@ -285,16 +282,16 @@ def _reply_store(
         reply_to=inbound,
         **fields,
     )
-    # What Message.objects.create and two filtered updates would run, as
-    # statements compiled once (conversations/queries.py: the reply path's
-    # CPU is the ai worker's ceiling).
-    row_insert(reply)
-    reply_recorded(
+    # What Message.objects.create, two filtered updates and the usage rows'
+    # creates would run, compiled once (conversations/queries.py: the reply
+    # path's CPU is the ai worker's ceiling).
+    reply_write(
+        reply=reply,
         inbound=inbound,
         status=inbound_status,
         error=inbound_error[:2000] if inbound_error else None,
-        text=text,
         now=timezone.now(),
+        calls=calls,
     )
     return reply
 
@@ -313,14 +310,13 @@ def _reply_over_budget(inbound: Message, reason: str) -> Message | None:
         logger.warning("reply_over_budget message=%s sent=none", inbound.id)
         return None
     try:
-        with transaction.atomic():
-            reply = _reply_store(
-                inbound=inbound,
-                text=text,
-                inbound_status=Message.Status.OVER_BUDGET,
-                inbound_error=reason,
-                metadata={"over_budget": True, "reason": reason[:500]},
-            )
+        reply = _reply_store(
+            inbound=inbound,
+            text=text,
+            inbound_status=Message.Status.OVER_BUDGET,
+            inbound_error=reason,
+            metadata={"over_budget": True, "reason": reason[:500]},
+        )
     except IntegrityError:
         return Message.objects.get(reply_to=inbound)
     logger.warning(

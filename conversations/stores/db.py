@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..models import Message
 from ..providers.base import ChatTurn
+from ..queries import history_rows
 
 # Only exchanges that happened: failed, ignored or rate-limited messages never
 # reached the model and would confuse it.
@@ -24,18 +25,17 @@ class DatabaseStore:
     def history(self, *, inbound: Message, limit: int) -> list[ChatTurn]:
         if limit <= 0:
             return []
-        rows = (
-            Message.objects.filter(
-                conversation_id=inbound.conversation_id,
-                created_at__lt=inbound.created_at,
-                status__in=_HISTORY_STATUSES,
-            )
-            .order_by("-created_at")
-            .values_list("role", "content")[:limit]
+        # One statement compiled once (conversations/queries.py): what
+        # Message.objects.filter(conversation=…, created_at__lt=…,
+        # status__in=…).order_by("-created_at").values_list("role",
+        # "content")[:limit] reads, oldest first.
+        rows = history_rows(
+            conversation_id=inbound.conversation_id,
+            before=inbound.created_at,
+            statuses=_HISTORY_STATUSES,
+            limit=limit,
         )
-        return [
-            ChatTurn(role=role, content=content) for role, content in reversed(rows)
-        ]
+        return [ChatTurn(role=role, content=content) for role, content in rows]
 
     def record_exchange(self, *, inbound: Message, reply: Message) -> None:
         """Do nothing: the Message rows written by the reply service are the record."""
