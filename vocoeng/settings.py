@@ -103,6 +103,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # as long as they use it, so max_size bounds the connections a process
     # holds, well under the server's max_connections.
     DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
+    # Prepared statements: values bound by the server (not spliced into the
+    # SQL text by the client) and psycopg's default of preparing what a
+    # connection has run 5 times, which Django turns off for PgBouncer's sake.
+    # The hot statements run many times on few pooled connections, and
+    # PostgreSQL then no longer parses and plans each run (measured on the
+    # reply's claim: 450 -> 85 µs of server CPU, 123 -> 77 µs of client CPU).
+    # Behind PgBouncer < 1.21 in transaction mode, set DB_PREPARED_STATEMENTS=0.
+    if env.bool("DB_PREPARED_STATEMENTS", default=True):
+        DATABASES["default"].setdefault("OPTIONS", {}).update(
+            server_side_binding=True, prepare_threshold=5
+        )
     if DB_POOL_MAX_SIZE > 0:
         DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool replaces persistence
         # With a pool, health checks ping the server on every checkout (a round
