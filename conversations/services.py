@@ -247,6 +247,9 @@ def reply_generate(*, message_id: Any) -> Message | None:
         reply = Message.objects.get(reply_to=inbound)
         logger.info("idempotent_skip message=%s reply=%s", inbound.id, reply.id)
         return reply
+    # Back to the pool now, not after the log line and Celery's bookkeeping:
+    # 100 threads share DB_POOL_MAX_SIZE connections.
+    _release_db_connection()
     store.record_exchange(inbound=inbound, reply=reply)
     logger.info(
         "reply_generated message=%s reply=%s provider=%s model=%s tokens=%s ms=%s",
