@@ -215,7 +215,9 @@ def _store_many(entries: list[dict[str, Any]]) -> list[Message]:
     found: dict[tuple[str, str], Message] = {
         (m.channel, m.external_id): m
         for m in Message.objects.select_related("conversation").filter(
-            external_id__in={e["external_id"] for e in entries}
+            # both columns of the unique index, so it can be used
+            channel__in={e["channel"] for e in entries},
+            external_id__in={e["external_id"] for e in entries},
         )
     }
     fresh = [
@@ -301,10 +303,14 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
     """Do what the ORM path of _store_many does, in fixed array statements."""
     now = timezone.now()
     messages = _table(Message)
+    keys = list({(e["channel"], e["external_id"]) for e in entries})
+    # By (channel, external_id), the unique index's columns: external_id
+    # alone has no index (a scan of the table per batch).
     stored = pg_bulk.execute(
         f"SELECT id FROM {messages} "  # noqa: S608 - our names
-        "WHERE external_id = ANY(%s::text[])",
-        [list({e["external_id"] for e in entries})],
+        "WHERE external_id IS NOT NULL AND (channel, external_id) IN "
+        "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+        [[c for c, _ in keys], [x for _, x in keys]],
     )
     found: dict[tuple[str, str], Message] = {}
     if stored:

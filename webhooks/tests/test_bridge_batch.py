@@ -117,6 +117,34 @@ def test_a_key_twice_in_one_batch_enqueues_one_chain(queued):
     assert queued() == 2
 
 
+def test_claims_left_pending_are_taken_over_when_stale_and_busy_when_fresh(
+    queued, settings
+):
+    """A bridge died mid-message (stale claim), another holds one (fresh)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.PUBSUB_BRIDGE_CLAIM_SECONDS + 5)
+    for n, claimed_at in ((1, stale), (2, now)):
+        ProcessedMessage.objects.create(
+            kind="chat_message",
+            key=f"pm-{n}",
+            message_id=f"pm-{n}",
+            state=ProcessedMessage.State.PENDING,
+            claimed_at=claimed_at,
+        )
+
+    outcomes = handle([delivery(1), delivery(2), delivery(3)])
+
+    assert outcomes == [Outcome.ENQUEUED, Outcome.RETRY, Outcome.ENQUEUED]
+    assert queued() == 2
+    states = dict(ProcessedMessage.objects.values_list("key", "state"))
+    # the taken-over claim and the new one are done; the busy one untouched
+    assert states == {"pm-1": "done", "pm-2": "pending", "pm-3": "done"}
+
+
 def test_a_failing_batch_route_falls_back_to_one_by_one(queued, monkeypatch):
     from conversations import routes
 
