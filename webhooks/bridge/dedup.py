@@ -139,16 +139,14 @@ def _claim_pg(
     conflict = pg_bulk.quoted("kind", "key")
     return pg_bulk.execute(
         f"INSERT INTO {table} ({columns}) "  # noqa: S608 - our names
-        "SELECT u.kind, u.key, u.mid, %s, %s, %s "
-        "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(kind, key, mid) "
+        "SELECT r->>0, r->>1, r->>2, %s, %s, %s "
+        "FROM json_array_elements(%s::json) AS r "
         f"ON CONFLICT ({conflict}) DO NOTHING RETURNING id, {conflict}",
         [
             ProcessedMessage.State.PENDING.value,
             now,
             now,
-            [kind for (kind, _), _ in rows],
-            [key for (_, key), _ in rows],
-            [message_id for _, message_id in rows],
+            pg_bulk.json_rows((kind, key, mid) for (kind, key), mid in rows),
         ],
     )
 
