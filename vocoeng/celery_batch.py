@@ -26,7 +26,6 @@ slots filled. All of them go out in one LPUSH per queue key.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,10 +45,20 @@ _REPR_SHORT = 200
 
 
 def uuids(n: int) -> list[str]:
-    """Return ``n`` random (version 4) UUID strings from one urandom call."""
-    raw = os.urandom(16 * n)
+    """Return ``n`` random (version 4) UUID strings from one urandom call.
+
+    The version and variant bits are set as ``uuid.UUID(version=4)`` sets
+    them, on the bytes, and the text cut from one hex string (a UUID object
+    per id cost ~3 µs).
+    """
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])
+    h = raw.hex()
     return [
-        str(uuid.UUID(bytes=raw[i : i + 16], version=4)) for i in range(0, 16 * n, 16)
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-"
+        f"{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
     ]
 
 
@@ -262,22 +271,25 @@ def publish_many(
                 check(*args, **kwargs)
         declare = None if plan.qname not in declared else []
         declared.add(plan.qname)
-        names = list(headers)
-        send = _sender(ctx, plan, first.task, rest, declare, names)
+        names = tuple(headers)
         template = None
         if (
             channel is not None
             and plan.templates
             and not any(s.args or s.kwargs or s.options for s in rest)
         ):
-            shape = (key, tuple((s.task, s.immutable) for s in rest), tuple(names))
-            if shape not in templates:
-                templates[shape] = Template.build(send, channel, len(rest), len(names))
-            template = templates[shape]
+            shape = (key, tuple((s.task, s.immutable) for s in rest), names)
+            if shape in templates:
+                template = templates[shape]
+            else:
+                send = _sender(ctx, plan, first.task, rest, declare, names)
+                template = Template.build(send, channel, len(rest), len(names))
+                templates[shape] = template
         if not plan.ignore_result:
             app.backend.on_task_call(producer, task_id)
         argsrepr, kwargsrepr = _repr(args, args_max), _repr(kwargs, kwargs_max)
         if template is None:
+            send = _sender(ctx, plan, first.task, rest, declare, names)
             send(
                 task_id, rest_ids, args, kwargs, argsrepr, kwargsrepr, headers.values()
             )

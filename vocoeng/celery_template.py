@@ -86,6 +86,8 @@ def json_text(value: Any) -> str:
     """Return ``value`` as kombu's JSON encoder writes it (strings without it)."""
     if type(value) is str:
         return encode_basestring_ascii(value)
+    if type(value) is dict and not value:
+        return "{}"
     if type(value) in (tuple, list) and all(type(v) is str for v in value):
         return "[" + ", ".join(map(encode_basestring_ascii, value)) + "]"
     return json_dumps(value)
