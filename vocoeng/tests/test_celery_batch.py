@@ -26,7 +26,10 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 def _published(publish: Any, queue: str, conn: Any = None) -> list[dict[str, Any]]:
     """Publish on ``conn`` (default: an in-memory broker); return the messages
     that reached ``queue``, in the order a worker takes them."""
-    with conn or app.connection_for_write("memory://") as conn:
+    # transport= too: with CELERY_BROKER_URL on Redis the app's
+    # broker_transport (our Redis transport) would otherwise serve "memory://"
+    # from the real Redis, with what earlier tests left in its queues.
+    with conn or app.connection_for_write("memory://", transport="memory") as conn:
         publish(conn)
         channel = conn.default_channel
         messages = []
