@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from decimal import Decimal
@@ -215,7 +214,9 @@ def _store_many(entries: list[dict[str, Any]]) -> list[Message]:
     found: dict[tuple[str, str], Message] = {
         (m.channel, m.external_id): m
         for m in Message.objects.select_related("conversation").filter(
-            external_id__in={e["external_id"] for e in entries}
+            # both columns of the unique index, so it can be used
+            channel__in={e["channel"] for e in entries},
+            external_id__in={e["external_id"] for e in entries},
         )
     }
     fresh = [
@@ -269,7 +270,7 @@ _MESSAGE_COLUMNS = {
     "cost": "0",
     "processing_time_ms": "NULL",
     "error": "''",
-    "metadata": "u.metadata::jsonb",
+    "metadata": "u.metadata",
     "sent_at": "NULL",
     "processing_started_at": "NULL",
     "published_at": "NULL",
@@ -301,10 +302,14 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
     """Do what the ORM path of _store_many does, in fixed array statements."""
     now = timezone.now()
     messages = _table(Message)
+    keys = list({(e["channel"], e["external_id"]) for e in entries})
+    # By (channel, external_id), the unique index's columns: external_id
+    # alone has no index (a scan of the table per batch).
     stored = pg_bulk.execute(
         f"SELECT id FROM {messages} "  # noqa: S608 - our names
-        "WHERE external_id = ANY(%s::text[])",
-        [list({e["external_id"] for e in entries})],
+        "WHERE external_id IS NOT NULL AND (channel, external_id) IN "
+        "(SELECT r->>0, r->>1 FROM json_array_elements(%s::json) AS r)",
+        [pg_bulk.json_rows(keys)],
     )
     found: dict[tuple[str, str], Message] = {}
     if stored:
@@ -332,20 +337,26 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
         }
         pg_bulk.execute(
             f"INSERT INTO {messages} ({pg_bulk.quoted(*_MESSAGE_COLUMNS)}) "  # noqa: S608
-            f"SELECT {values} FROM unnest(%s::text[], %s::bigint[], %s::text[], "
-            "%s::text[], %s::text[], %s::text[]) "
-            "AS u(id, conversation_id, channel, content, external_id, metadata)",
+            f"SELECT {values} FROM (SELECT (r->>0)::uuid AS id, "
+            "(r->>1)::bigint AS conversation_id, r->>2 AS channel, "
+            "r->>3 AS content, r->>4 AS external_id, (r->5)::jsonb AS metadata "
+            "FROM json_array_elements(%s::json) AS r) AS u",
             [
                 Message.Role.USER.value,
                 Message.Status.RECEIVED.value,
                 now,
                 now,
-                [str(i) for i in ids],
-                convs,
-                [e["channel"] for e in fresh],
-                [e["text"] for e in fresh],
-                [e["external_id"] for e in fresh],
-                [json.dumps(e["metadata"]) for e in fresh],
+                pg_bulk.json_rows(
+                    (
+                        str(pk),
+                        conversation_id,
+                        e["channel"],
+                        e["text"],
+                        e["external_id"],
+                        e["metadata"],
+                    )
+                    for e, pk, conversation_id in zip(fresh, ids, convs, strict=True)
+                ),
             ],
         )
         counts: dict[int, int] = {}
@@ -375,10 +386,10 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
         pg_bulk.execute(
             f"UPDATE {_table(Conversation)} AS c SET "  # noqa: S608 - our names
             "message_count = c.message_count + v.n, last_message = v.body, "
-            "last_activity = %s "
-            "FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, n, body) "
-            "WHERE c.id = v.id",
-            [now, list(counts), list(counts.values()), [last[k] for k in counts]],
+            "last_activity = %s FROM (SELECT (r->>0)::bigint AS id, "
+            "(r->>1)::integer AS n, r->>2 AS body "
+            "FROM json_array_elements(%s::json) AS r) AS v WHERE c.id = v.id",
+            [now, pg_bulk.json_rows((k, n, last[k]) for k, n in counts.items())],
         )
     return [found[(e["channel"], e["external_id"])] for e in entries]
 
@@ -397,15 +408,12 @@ def _conversation_ids_pg(
     def read() -> dict[tuple[int, str, str], int]:
         rows = pg_bulk.execute(
             "SELECT c.id, c.tenant_id, c.channel, c.external_user_id "  # noqa: S608
-            f"FROM {_table(Conversation)} AS c JOIN unnest(%s::bigint[], "
-            "%s::text[], %s::text[]) AS w(tenant_id, channel, user_id) "
+            f"FROM {_table(Conversation)} AS c JOIN (SELECT (r->>0)::bigint "
+            "AS tenant_id, r->>1 AS channel, r->>2 AS user_id "
+            "FROM json_array_elements(%s::json) AS r) AS w "
             "ON c.tenant_id = w.tenant_id AND c.channel = w.channel "
             "AND c.external_user_id = w.user_id WHERE c.account_id IS NULL",
-            [
-                [t for t, _, _ in wanted],
-                [c for _, c, _ in wanted],
-                [u for _, _, u in wanted],
-            ],
+            [pg_bulk.json_rows(wanted)],
         )
         return {(t, c, u): pk for pk, t, c, u in rows}
 

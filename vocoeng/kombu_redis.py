@@ -171,6 +171,50 @@ class Channel(kombu_redis.Channel):
             client = self._sync_client = super()._create_client()
         return client
 
+    _capture: list[tuple[str, dict]] | None = None
+
+    def _put(self, queue: str, message: dict, **kwargs: Any) -> Any:
+        if self._capture is not None:
+            self._capture.append((queue, message))
+            return None
+        return super()._put(queue, message, **kwargs)
+
+    @contextmanager
+    def capturing(self) -> Iterator[list[tuple[str, dict]]]:
+        """Collect ``(queue, message)`` of what is published, instead of sending it.
+
+        For building a message template (vocoeng.celery_batch): the message is
+        routed, declared and encoded as usual, and stops at the final LPUSH.
+        """
+        self._capture = captured = []
+        try:
+            yield captured
+        finally:
+            self._capture = None
+
+    def queue_key(self, queue: str, message: dict) -> str | None:
+        """Return the list ``_put`` pushes ``message`` on; None: not a plain push."""
+        if self._expires and queue in self._expires:
+            return None  # _put also sets the list's expiry
+        return self._q_for_pri(
+            queue, self._get_message_priority(message, reverse=False)
+        )
+
+    def push_many(self, entries: list[tuple[str, str]]) -> None:
+        """LPUSH encoded messages, in order, one command per list key, together.
+
+        The same commands as ``_put`` for each message (one MULTI/EXEC: all of
+        them are queued or none), under the channel's key prefix.
+        """
+        by_key: dict[str, list[str]] = {}
+        for key, payload in entries:
+            by_key.setdefault(key, []).append(payload)
+        with self.conn_or_acquire() as client:
+            with client.pipeline(transaction=True) as pipe:
+                for key, payloads in by_key.items():
+                    pipe.lpush(key, *payloads)
+                pipe.execute()
+
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any):
         # A no_ack consumer never calls QoS.append: its messages must not be
         # stored as unacked ahead of delivery (they would come back later).

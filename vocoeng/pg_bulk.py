@@ -11,7 +11,8 @@ their errors come out as ``django.db`` errors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import connection
@@ -32,6 +33,17 @@ def execute(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
         cur.execute(sql, params)
         return cur.fetchall() if cur.description is not None else []
+
+
+def json_rows(rows: Iterable[Sequence[Any]]) -> str:
+    """Return ``rows`` as one JSON parameter: a list of rows, each a list.
+
+    A statement reads it with ``json_array_elements(%s::json) AS r`` and
+    ``r->>0``, ``(r->>1)::bigint``, ``r->2`` (JSON) ... One ``json.dumps`` (C)
+    instead of psycopg's array dumper, which loops in Python over every
+    element (~5 ms for six 200-element text arrays against ~0.5, measured).
+    """
+    return json.dumps([list(row) for row in rows])
 
 
 def quoted(*names: str) -> str:

@@ -20,14 +20,19 @@ def test_the_array_insert_writes_every_column_of_message():
     assert set(_MESSAGE_COLUMNS) == columns
 
 
+# Text and metadata that any encoding of the batch's rows must carry intact.
+_TRICKY = ' ü \ufffd "quoted" \\ back\\slash\n{"a": [1]} \\u0041 😀 \t,'
+_META = {"nested": {"list": [1, "two", None, 1.5, True]}, 'q"k\\': "é😀"}
+
+
 def _entry(tenant, n: int, user: str) -> dict:
     return {
         "tenant": tenant,
         "channel": "api",
         "user_id": user,
-        "text": f"hello {n} ü \ufffd",
+        "text": f"hello {n}{_TRICKY}",
         "external_id": f"batch-{n}",
-        "metadata": {"n": n, "nested": {"list": [1, "two", None]}},
+        "metadata": {"n": n, **_META},
     }
 
 
@@ -37,9 +42,9 @@ def test_a_batch_stores_the_rows_message_receive_stores():
         tenant=tenant,
         channel="api",
         user_id="alone",
-        text="hello 0 ü \ufffd",
+        text=f"hello 0{_TRICKY}",
         external_id="single-0",
-        metadata={"n": 0, "nested": {"list": [1, "two", None]}},
+        metadata={"n": 0, **_META},
     )
     stored = inbound_store_many(
         entries=[_entry(tenant, 0, "batch-user"), _entry(tenant, 1, "batch-user")]
@@ -61,7 +66,7 @@ def test_a_batch_stores_the_rows_message_receive_stores():
     assert not stored[0]._state.adding
     conversation = Conversation.objects.get(external_user_id="batch-user")
     assert conversation.message_count == 2
-    assert conversation.last_message == "hello 1 ü \ufffd"
+    assert conversation.last_message == f"hello 1{_TRICKY}"
     assert conversation.last_activity is not None
     assert fresh_batch.conversation_id == conversation.pk
 

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
+import uuid
 from typing import Any
 
 import pytest
 from celery.canvas import Signature, chain, group
+from celery.signals import before_task_publish
+from kombu import Connection
 
 from conftest import wait_for
 from vocoeng.celery import app
 from vocoeng.celery_batch import publish_many, uuids
+from vocoeng.kombu_redis import Transport
+from vocoeng.tests.test_kombu_redis import URL, needs_redis
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _published(publish: Any, queue: str) -> list[dict[str, Any]]:
-    """Publish on an in-memory broker; return the messages that reached ``queue``."""
-    with app.connection_for_write("memory://") as conn:
+def _published(publish: Any, queue: str, conn: Any = None) -> list[dict[str, Any]]:
+    """Publish on ``conn`` (default: an in-memory broker); return the messages
+    that reached ``queue``, in the order a worker takes them."""
+    # transport= too: with CELERY_BROKER_URL on Redis the app's
+    # broker_transport (our Redis transport) would otherwise serve "memory://"
+    # from the real Redis, with what earlier tests left in its queues.
+    with conn or app.connection_for_write("memory://", transport="memory") as conn:
         publish(conn)
         channel = conn.default_channel
         messages = []
@@ -59,6 +69,108 @@ def _both(signature_of: Any, queue: str = "ai") -> tuple[Any, Any, str, str]:
     assert len(ref) == len(ours) == 1
     (a, _), (b, b_ids) = _normal(ref[0]), _normal(ours[0])
     return a, b, b_ids, ids[0]
+
+
+def _redis(prefix: str) -> Connection:
+    """Return a connection to Redis on our transport, as the app's broker is."""
+    return Connection(
+        URL, transport=Transport, transport_options={"global_keyprefix": prefix}
+    )
+
+
+def _batch_both(
+    signatures: list[Any], headers: list[dict], queue: str
+) -> tuple[list, list]:
+    """Publish through apply_async and through one publish_many batch, on Redis."""
+    prefix = f"vocoeng-test-{uuid.uuid4().hex[:8]}-"
+    ref = _published(
+        lambda conn: [
+            s().apply_async(headers=dict(h), retry=False, connection=conn)
+            for s, h in zip(signatures, headers, strict=True)
+        ],
+        queue,
+        _redis(prefix),
+    )
+
+    def fast(conn: Any) -> None:
+        with app.amqp.Producer(conn) as producer, producer.batch(max_size=64):
+            publish_many(
+                [(s(), h) for s, h in zip(signatures, headers, strict=True)],
+                producer=producer,
+            )
+
+    ours = _published(fast, queue, _redis(prefix))
+    return [_normal(m)[0] for m in ref], [_normal(m)[0] for m in ours]
+
+
+@needs_redis
+def test_templated_messages_on_redis_are_the_messages_apply_async_sends() -> None:
+    from conversations.models import Message
+    from conversations.routes import reply_chain
+    from conversations.tasks import reply_generate
+
+    pks = [f"pk-{uuid.uuid4().hex}" for _ in range(3)]
+    chains = [lambda pk=pk: reply_chain(Message(pk=pk)) for pk in pks]
+    headers = [{"x_correlation_id": f'pubsub-{n}\u00e9"\n'} for n in range(3)]
+    ref, ours = _batch_both(chains, headers, "ai")
+    assert len(ours) == 3 and ours == ref
+    assert [m["body"][0] for m in ours] == [[pk] for pk in pks]
+
+    singles = [
+        lambda: reply_generate.si("x" * 5000).set(queue="default"),  # argsrepr cut
+        lambda: reply_generate.s("a").set(queue="default"),
+        lambda: app.signature(
+            "elsewhere.task", args=(1.5, None), kwargs={"b": [1, {}]}, queue="default"
+        ),
+    ]
+    headers = [{"x_correlation_id": "c"}, {}, {"a": 1}]
+    ref, ours = _batch_both(singles, headers, "default")
+    assert len(ours) == 3 and ours == ref
+
+
+@needs_redis
+def test_templated_messages_are_in_redis_when_publish_many_returns() -> None:
+    from conversations.models import Message
+    from conversations.routes import reply_chain
+
+    prefix = f"vocoeng-test-{uuid.uuid4().hex[:8]}-"
+    with _redis(prefix) as conn:
+        with app.amqp.Producer(conn) as producer, producer.batch(max_size=64):
+            publish_many(
+                [(reply_chain(Message(pk=f"pk-{n}")), {}) for n in range(5)],
+                producer=producer,
+            )
+            # the producer's batch is not flushed yet: the templated LPUSH is
+            # publish_many's own
+            client = conn.default_channel.client
+            assert client.llen("ai") == 5
+
+
+@needs_redis
+def test_a_foreign_publish_hook_sees_every_message() -> None:
+    from conversations.models import Message
+    from conversations.routes import reply_chain
+
+    counter = itertools.count(1)
+
+    def number(headers: dict | None = None, **_: Any) -> None:
+        if headers is not None:
+            headers["x_number"] = next(counter)
+
+    before_task_publish.connect(number, weak=False)
+    try:
+        prefix = f"vocoeng-test-{uuid.uuid4().hex[:8]}-"
+        ours = _published(
+            lambda conn: publish_many(
+                [(reply_chain(Message(pk=f"pk-{n}")), {}) for n in range(3)],
+                producer=app.amqp.Producer(conn),
+            ),
+            "ai",
+            _redis(prefix),
+        )
+    finally:
+        before_task_publish.disconnect(number)
+    assert [m["headers"]["x_number"] for m in ours] == [1, 2, 3]
 
 
 def _reply_chain() -> Signature:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from celery.canvas import Signature
@@ -107,6 +108,7 @@ def _batch_handle(
                     [deliveries[i] for i in claimed],
                     retry_seconds=retry_seconds,
                     stop=stop,
+                    claim_ids=claims.ids,
                 ),
                 strict=True,
             ):
@@ -220,7 +222,11 @@ def enqueue_many(
 
 
 def _handle_claimed_many(
-    deliveries: list[Delivery], *, retry_seconds: float, stop: threading.Event
+    deliveries: list[Delivery],
+    *,
+    retry_seconds: float,
+    stop: threading.Event,
+    claim_ids: Mapping[tuple[str, str], int],
 ) -> list[Result]:
     """Route, enqueue and finish claimed deliveries (distinct keys)."""
     results: list[Result | None] = [None] * len(deliveries)
@@ -293,7 +299,9 @@ def _handle_claimed_many(
     # the claims go stale, which the idempotent chains absorb (see dedup).
     done = [i for i, _ in enqueued] + nothing_to_do
     if done:
-        dedup_finish_many(keys=[(deliveries[i].kind, deliveries[i].key) for i in done])
+        dedup_finish_many(
+            keys=[(deliveries[i].kind, deliveries[i].key) for i in done], ids=claim_ids
+        )
     for i, task_id in enqueued:
         _log("enqueued", deliveries[i], " task_id=%s", task_id)
         results[i] = (Outcome.ENQUEUED, 0.0)

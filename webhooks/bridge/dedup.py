@@ -12,7 +12,7 @@ than the redeliveries the claim absorbs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -66,9 +66,16 @@ def dedup_claim(*, kind: str, key: str, message_id: str) -> Claim:
 _CHUNK = 1000
 
 
-def dedup_claim_many(
-    *, items: Sequence[tuple[str, str, str]]
-) -> dict[tuple[str, str], Claim]:
+class Claims(dict):
+    """Map each ``(kind, key)`` to its :class:`Claim`; ``ids`` holds the row id
+    of each claim the batch INSERT took (for :func:`dedup_finish_many`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: dict[tuple[str, str], int] = {}
+
+
+def dedup_claim_many(*, items: Sequence[tuple[str, str, str]]) -> Claims:
     """Claim many ``(kind, key, message_id)`` at once; return each key's claim.
 
     One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` takes every free key;
@@ -82,21 +89,26 @@ def dedup_claim_many(
         first.setdefault((kind, key), message_id)
     rows = list(first.items())
     claim = _claim_pg if pg_bulk.is_postgres() else _claim_values
-    claims = {(kind, key): Claim.CLAIMED for kind, key in claim(rows, now)}
-    return _judge_taken(first, claims, now)
+    claims = Claims()
+    for pk, kind, key in claim(rows, now):
+        claims[(kind, key)] = Claim.CLAIMED
+        claims.ids[(kind, key)] = pk
+    _judge_taken(first, claims, now)
+    return claims
 
 
 def _claim_values(
     rows: list[tuple[tuple[str, str], str]], now: datetime
-) -> list[tuple[str, str]]:
-    """Insert the free claims, ``_CHUNK`` rows a statement; return the keys taken."""
+) -> list[tuple[int, str, str]]:
+    """Insert the free claims, ``_CHUNK`` rows a statement; return those taken
+    as ``(id, kind, key)``."""
     table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
     stamp = connection.ops.adapt_datetimefield_value(now)
     q = connection.ops.quote_name
     columns = pg_bulk.quoted(
         "kind", "key", "message_id", "state", "claimed_at", "created_at"
     )
-    taken: list[tuple[str, str]] = []
+    taken: list[tuple[int, str, str]] = []
     with transaction.atomic():
         with connection.cursor() as cursor:
             for start in range(0, len(rows), _CHUNK):
@@ -108,7 +120,7 @@ def _claim_values(
                 cursor.execute(
                     f"INSERT INTO {table} ({columns}) "  # noqa: S608 - our names
                     f"VALUES {values} ON CONFLICT ({q('kind')}, {q('key')}) "
-                    f"DO NOTHING RETURNING {q('kind')}, {q('key')}",
+                    f"DO NOTHING RETURNING {q('id')}, {q('kind')}, {q('key')}",
                     params,
                 )
                 taken.extend(cursor.fetchall())
@@ -117,8 +129,9 @@ def _claim_values(
 
 def _claim_pg(
     rows: list[tuple[tuple[str, str], str]], now: datetime
-) -> list[tuple[str, str]]:
-    """Insert the free claims in one fixed statement; return the keys taken."""
+) -> list[tuple[int, str, str]]:
+    """Insert the free claims in one fixed statement; return those taken as
+    ``(id, kind, key)``."""
     table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
     columns = pg_bulk.quoted(
         "kind", "key", "message_id", "state", "claimed_at", "created_at"
@@ -126,16 +139,14 @@ def _claim_pg(
     conflict = pg_bulk.quoted("kind", "key")
     return pg_bulk.execute(
         f"INSERT INTO {table} ({columns}) "  # noqa: S608 - our names
-        "SELECT u.kind, u.key, u.mid, %s, %s, %s "
-        "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(kind, key, mid) "
-        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {conflict}",
+        "SELECT r->>0, r->>1, r->>2, %s, %s, %s "
+        "FROM json_array_elements(%s::json) AS r "
+        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING id, {conflict}",
         [
             ProcessedMessage.State.PENDING.value,
             now,
             now,
-            [kind for (kind, _), _ in rows],
-            [key for (_, key), _ in rows],
-            [message_id for _, message_id in rows],
+            pg_bulk.json_rows((kind, key, mid) for (kind, key), mid in rows),
         ],
     )
 
@@ -177,10 +188,39 @@ def _by_kind(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def dedup_finish_many(*, keys: Iterable[tuple[str, str]], dead: bool = False) -> None:
-    """Mark many ``(kind, key)`` claims done (or dead) in one UPDATE per kind."""
+def dedup_finish_many(
+    *,
+    keys: Iterable[tuple[str, str]],
+    dead: bool = False,
+    ids: Mapping[tuple[str, str], int] | None = None,
+) -> None:
+    """Mark many ``(kind, key)`` claims done (or dead).
+
+    The claims whose row id is in ``ids`` (:attr:`Claims.ids`) are updated by
+    id in one statement: by primary key, whatever the table's statistics say
+    (by kind and key, a planner with stale statistics scanned every row of the
+    kind). The others by kind and key, one UPDATE per kind.
+    """
     state = ProcessedMessage.State.DEAD if dead else ProcessedMessage.State.DONE
-    for kind, group in _by_kind(keys).items():
+    ids = ids or {}
+    by_id = []
+    rest = []
+    for k in keys:
+        if (pk := ids.get(k)) is not None:
+            by_id.append(pk)
+        else:
+            rest.append(k)
+    if by_id:
+        if pg_bulk.is_postgres():
+            table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
+            pg_bulk.execute(
+                f"UPDATE {table} SET state = %s "  # noqa: S608 - our names
+                "WHERE id = ANY(%s::bigint[])",
+                [state.value, by_id],
+            )
+        else:
+            ProcessedMessage.objects.filter(pk__in=by_id).update(state=state)
+    for kind, group in _by_kind(rest).items():
         if pg_bulk.is_postgres():
             table = connection.ops.quote_name(ProcessedMessage._meta.db_table)
             q = connection.ops.quote_name

@@ -117,6 +117,34 @@ def test_a_key_twice_in_one_batch_enqueues_one_chain(queued):
     assert queued() == 2
 
 
+def test_claims_left_pending_are_taken_over_when_stale_and_busy_when_fresh(
+    queued, settings
+):
+    """A bridge died mid-message (stale claim), another holds one (fresh)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.PUBSUB_BRIDGE_CLAIM_SECONDS + 5)
+    for n, claimed_at in ((1, stale), (2, now)):
+        ProcessedMessage.objects.create(
+            kind="chat_message",
+            key=f"pm-{n}",
+            message_id=f"pm-{n}",
+            state=ProcessedMessage.State.PENDING,
+            claimed_at=claimed_at,
+        )
+
+    outcomes = handle([delivery(1), delivery(2), delivery(3)])
+
+    assert outcomes == [Outcome.ENQUEUED, Outcome.RETRY, Outcome.ENQUEUED]
+    assert queued() == 2
+    states = dict(ProcessedMessage.objects.values_list("key", "state"))
+    # the taken-over claim and the new one are done; the busy one untouched
+    assert states == {"pm-1": "done", "pm-2": "pending", "pm-3": "done"}
+
+
 def test_a_failing_batch_route_falls_back_to_one_by_one(queued, monkeypatch):
     from conversations import routes
 
@@ -157,11 +185,17 @@ def test_broker_down_nacks_the_batch_and_releases_its_claims(queued, monkeypatch
 def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
     queued, monkeypatch
 ):
-    """The third publish of the batch fails: every message comes back."""
+    """The broker goes away part-way through the batch: every message comes back.
+
+    The third publish fails; on Redis, where the batch's messages are pushed
+    together at its end (templated or in kombu's pipeline), so do the pushes.
+    """
+    import redis
     from kombu.exceptions import OperationalError
     from kombu.messaging import Producer
 
     publish = Producer.publish
+    execute = redis.client.Pipeline.execute
     calls = []
 
     def fail_from_the_third(self, *args, **kwargs):
@@ -170,7 +204,11 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
             raise OperationalError("connection lost")
         return publish(self, *args, **kwargs)
 
+    def connection_lost(self, *args, **kwargs):
+        raise redis.ConnectionError("connection lost")
+
     monkeypatch.setattr(Producer, "publish", fail_from_the_third)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", connection_lost)
 
     outcomes = handle([delivery(n) for n in range(5)])
 
@@ -178,6 +216,7 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
     assert len(calls) >= 3  # it failed part-way, not before the first publish
     assert not ProcessedMessage.objects.exists()  # redeliveries can claim again
     monkeypatch.setattr(Producer, "publish", publish)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
 
     # The redelivery: every message is enqueued (a chain that reached the
     # broker before the failure, where publishing is not batched, may be

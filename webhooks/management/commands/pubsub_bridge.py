@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -112,6 +113,12 @@ class Command(BaseCommand):
         if options["metrics_port"] is not None:
             metrics.serve(options["metrics_port"])
         bridge.install_signal_handlers()
+        # The objects alive now (Django, the apps, the Pub/Sub and gRPC
+        # clients) live as long as the process: take them out of the cyclic
+        # GC's generations. Each full collection walked all of them (the
+        # bridge allocates fast), up to ~170 ms a pause, measured with py-spy.
+        gc.collect()
+        gc.freeze()
         bridge.start()
         self.stdout.write(
             f"bridge pulling {', '.join(subscriptions)} "
