@@ -34,7 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import cpu_seconds, emit, ensure_database, free_port  # noqa: E402
+from _common import (  # noqa: E402
+    analyze_database,
+    cpu_seconds,
+    emit,
+    ensure_database,
+    free_port,
+)
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -216,6 +222,7 @@ def main() -> None:
             )
             signatures.append(reply_generate.si(str(message.pk)))
             inbound_ids.append(message.pk)
+        analyze_database()
         peak = [0.0]
         stop = threading.Event()
 
