@@ -25,6 +25,7 @@ from django.db.models import Model
 
 from vocoeng.models import Channel, Tenant
 from vocoeng.sql import db_value, quote, rowcount
+from vocoeng.sql import row_insert as row_insert  # the reply path's inserts
 
 from .models import Conversation, Message
 
@@ -160,41 +161,6 @@ def message_claim(message_id: Any, *, now: datetime, stale_before: datetime) -> 
         db_value(Message, "processing_started_at", stale_before),
     ]
     return rowcount(_claim_sql(connection.vendor), params) == 1
-
-
-@functools.cache
-def _insert_plan(model: type[Model], vendor: str) -> tuple[str, list[Any], bool]:
-    """Return (SQL, fields, whether the pk comes back) to insert a ``model``."""
-    meta = model._meta
-    auto = meta.pk.db_returning  # an AutoField: the database numbers the row
-    fields = [f for f in meta.concrete_fields if not (auto and f is meta.pk)]
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)}"  # noqa: S608 - our names
-        f" ({', '.join(quote(f.column) for f in fields)})"
-        f" VALUES ({', '.join(['%s'] * len(fields))})"
-    )
-    if auto:
-        sql += f" RETURNING {quote(meta.pk.column)}"
-    return sql, fields, auto
-
-
-def row_insert(instance: Model) -> None:
-    """Insert ``instance`` as ``save()`` does for a new row (defaults,
-    ``auto_now_add``, field adapters), in one statement compiled once.
-
-    For the models of the reply path only: no save signals are sent (none are
-    connected to them), and a duplicate raises IntegrityError as save() does.
-    """
-    sql, fields, auto = _insert_plan(type(instance), connection.vendor)
-    params = [
-        f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if auto:
-            (instance.pk,) = cursor.fetchone()  # an integer on every backend
-    instance._state.adding = False
-    instance._state.db = connection.alias
 
 
 @functools.cache
