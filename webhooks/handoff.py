@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from django.db import DatabaseError, connection
 from django.utils import timezone
@@ -185,10 +187,35 @@ def _enqueue(batch: Sequence[_Waiter]) -> None:
         )
         for w in batch
     ]
-    with app.producer_or_acquire() as producer:
+    with _producer() as producer:
         with producer.batch(max_size=4 * len(items) + 4) as published:
             publish_many(items, producer=producer)
             published.flush()
+
+
+_held_lock = threading.Lock()
+_held: Any = None  # the producer this process's publishing leaders keep
+
+
+@contextmanager
+def _producer() -> Iterator[Any]:
+    """Lend the producer kept for the hand-off (taken from Celery's pool once).
+
+    Acquiring one from the pool for every batch cost a tenth of the
+    publishing stage. One thread at a time uses it (the stage has one
+    leader; a caller in a transaction waits for it); after an error it goes
+    back to the pool and the next batch takes another.
+    """
+    global _held
+    with _held_lock:
+        if _held is None:
+            _held = app.producer_pool.acquire(block=True)
+        try:
+            yield _held
+        except BaseException:
+            producer, _held = _held, None
+            producer.release()
+            raise
 
 
 def _fail(deliveries: list[WebhookDelivery], *, error: str) -> None:
