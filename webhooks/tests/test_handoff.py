@@ -139,3 +139,23 @@ def test_inside_a_transaction_a_delivery_goes_alone_in_it(queued) -> None:
         assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()
         assert not handoff._recording.leading
     assert set(_tasks()) == {str(delivery.pk)}
+
+
+def test_a_batch_stores_what_create_stores() -> None:
+    from vocoeng.sql import rows_insert
+
+    fields = {
+        "source": "whatsapp",
+        "headers": {"Content-Type": "application/json", "X-Request-Id": "r-1"},
+        "body": '{"entry": ["é", "\\ufffd"]}',
+        "received_at": timezone.now(),
+    }
+    created = WebhookDelivery.objects.create(**fields)
+    batch = [WebhookDelivery(**fields), WebhookDelivery(**fields)]
+    rows_insert(batch)
+    assert not batch[0]._state.adding
+    names = [f.attname for f in WebhookDelivery._meta.concrete_fields if f.name != "id"]
+    stored = WebhookDelivery.objects.in_bulk([created.pk, *(d.pk for d in batch)])
+    first = {n: getattr(stored[created.pk], n) for n in names}
+    for delivery in batch:
+        assert {n: getattr(stored[delivery.pk], n) for n in names} == first
