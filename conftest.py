@@ -102,6 +102,15 @@ class WorkerProcess(ChildProcess):
         ]
 
 
+@pytest.fixture(autouse=True)
+def _channel_secrets_forgotten() -> None:
+    """Start each test without the app secrets an earlier test's web requests
+    kept: its channel rows were rolled back or flushed, which sends no signal."""
+    from vocoeng.channels import app_secrets_forget
+
+    app_secrets_forget()
+
+
 @pytest.fixture
 def celery_worker_factory(transactional_db: None) -> Iterator:
     """Start real worker processes on the test database and broker."""

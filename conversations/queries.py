@@ -29,7 +29,16 @@ from django.db import connection, transaction
 from django.db.models import Model
 
 from vocoeng.models import Channel, Tenant
-from vocoeng.sql import db_value, quote, rowcount, rows
+from vocoeng.sql import (
+    db_value,
+    insert_params,
+    insert_plan,
+    inserted,
+    quote,
+    rowcount,
+    rows,
+)
+from vocoeng.sql import row_insert as row_insert  # the reply path's inserts
 
 from .models import AICall, Conversation, Message
 
@@ -232,52 +241,6 @@ def history_rows(
 
 
 @functools.cache
-def _insert_plan(
-    model: type[Model], vendor: str, count: int = 1
-) -> tuple[str, list[Any], bool]:
-    """Return (SQL, fields, whether the database numbers the rows) to insert
-    ``count`` rows of ``model``; no RETURNING."""
-    meta = model._meta
-    auto = meta.pk.db_returning  # an AutoField: the database numbers the row
-    fields = [f for f in meta.concrete_fields if not (auto and f is meta.pk)]
-    values = f"({', '.join(['%s'] * len(fields))})"
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)}"  # noqa: S608 - our names
-        f" ({', '.join(quote(f.column) for f in fields)})"
-        f" VALUES {', '.join([values] * count)}"
-    )
-    return sql, fields, auto
-
-
-def _insert_params(instance: Model, fields: list[Any]) -> list[Any]:
-    """The values save() would write for a new ``instance`` (defaults,
-    ``auto_now_add``, field adapters)."""
-    return [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
-
-
-def _inserted(instance: Model) -> None:
-    instance._state.adding = False
-    instance._state.db = connection.alias
-
-
-def row_insert(instance: Model) -> None:
-    """Insert ``instance`` as ``save()`` does for a new row (defaults,
-    ``auto_now_add``, field adapters), in one statement compiled once.
-
-    For the models of the reply path only: no save signals are sent (none are
-    connected to them), and a duplicate raises IntegrityError as save() does.
-    """
-    sql, fields, auto = _insert_plan(type(instance), connection.vendor)
-    if auto:
-        sql += f" RETURNING {quote(instance._meta.pk.column)}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, _insert_params(instance, fields))
-        if auto:
-            (instance.pk,) = cursor.fetchone()  # an integer on every backend
-    _inserted(instance)
-
-
-@functools.cache
 def _reply_updates_sql(vendor: str) -> tuple[str, str, str]:
     message, conversation = Message._meta.db_table, Conversation._meta.db_table
     count = quote("message_count")
@@ -316,7 +279,7 @@ def reply_recorded(
 
 @functools.cache
 def _reply_write_sql(vendor: str, with_error: bool, calls: int) -> str:
-    reply, _, _ = _insert_plan(Message, vendor)
+    reply, _, _ = insert_plan(Message, vendor)
     status_only, error, counters = _reply_updates_sql(vendor)
     parts = [
         f"r AS ({reply})",
@@ -324,7 +287,7 @@ def _reply_write_sql(vendor: str, with_error: bool, calls: int) -> str:
         f"c AS ({counters})",
     ]
     if calls:
-        parts.append(f"a AS ({_insert_plan(AICall, vendor, calls)[0]})")
+        parts.append(f"a AS ({insert_plan(AICall, vendor, calls)[0]})")
     return f"WITH {', '.join(parts)} SELECT 1"
 
 
@@ -356,25 +319,25 @@ def reply_write(
             for call in calls:
                 row_insert(call)
         return
-    _, message_fields, _ = _insert_plan(Message, connection.vendor)
+    _, message_fields, _ = insert_plan(Message, connection.vendor)
     pk = db_value(Message, "id", inbound.pk)
     params = [
-        *_insert_params(reply, message_fields),
+        *insert_params(reply, message_fields),
         *((status, pk) if error is None else (status, error, pk)),
         reply.content,
         db_value(Conversation, "last_activity", now),
         inbound.conversation_id,
     ]
     if calls:
-        _, call_fields, _ = _insert_plan(AICall, connection.vendor)
+        _, call_fields, _ = insert_plan(AICall, connection.vendor)
         for call in calls:
-            params += _insert_params(call, call_fields)
+            params += insert_params(call, call_fields)
     sql = _reply_write_sql(connection.vendor, error is not None, len(calls))
     # Nested in a caller's transaction, a savepoint keeps a duplicate's
     # IntegrityError from aborting it.
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-    _inserted(reply)
+    inserted(reply)
     for call in calls:
-        _inserted(call)
+        inserted(call)

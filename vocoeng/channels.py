@@ -9,11 +9,14 @@ a one-number set-up needs no row at all.
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from django.conf import settings
 from django.db import connections, router
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 
 from .models import Channel, Tenant
 
@@ -111,40 +114,85 @@ def whatsapp_channels_resolve(
     return _resolved(phone_number_ids, rows, None)
 
 
-def whatsapp_app_secrets(*, phone_number_ids: set[str]) -> dict[str, str]:
+# How long a web process trusts the app secrets it read (per phone number id):
+# the webhook checks a signature on every request, and the query cost as much
+# CPU as the rest of the webhook's checks. A change saved in this process
+# clears them at once (post_save / post_delete); one saved elsewhere (another
+# web process) is seen within this many seconds, or at once when a signature
+# fails or a number is unknown: those are looked up again before a refusal.
+# So a new or rotated secret is never refused; an old one (or a deactivated
+# number) may still be taken for this long, and the worker, which finds the
+# channel again, rejects a delivery for a number no longer active.
+APP_SECRETS_TTL_SECONDS = 5.0
+# phone number id -> (its channel's app secret, None: no active channel row;
+# the monotonic time it expires)
+_app_secrets: dict[str, tuple[str | None, float]] = {}
+
+
+def app_secrets_forget() -> None:
+    """Forget the app secrets read so far (a channel changed; tests)."""
+    _app_secrets.clear()
+
+
+@receiver(post_save, sender=Channel, dispatch_uid="vocoeng.channels.saved")
+@receiver(post_delete, sender=Channel, dispatch_uid="vocoeng.channels.deleted")
+def _channel_changed(**_: object) -> None:
+    app_secrets_forget()
+
+
+def _app_secrets_read(ids: list[str]) -> dict[str, str]:
+    """Return the app secret of each id's active WhatsApp channel row."""
+    meta = Channel._meta
+    secret = meta.get_field("app_secret")
+    connection = connections[router.db_for_read(Channel)]
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    phone, marks = column("phone_number_id"), ", ".join(["%s"] * len(ids))
+    # Names quoted from the model, values as parameters.
+    sql = " ".join(
+        [
+            f"SELECT {phone}, {column('app_secret')}",
+            f"FROM {quote(meta.db_table)}",
+            f"WHERE {column('kind')} = %s AND {column('is_active')} = %s",
+            f"AND {phone} IN ({marks})",
+        ]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Channel.Kind.WHATSAPP, True, *ids])
+        return {
+            number: secret.from_db_value(value, None, connection)
+            for number, value in cursor.fetchall()
+        }
+
+
+def whatsapp_app_secrets(
+    *, phone_number_ids: set[str], fresh: bool = False
+) -> dict[str, str]:
     """Return the app secret that signs each phone number id's deliveries.
 
     What :func:`whatsapp_channels_resolve` decides, as :func:`whatsapp_app_secret`
     of each, in one plain query: the webhook checks every signature with it,
     and building the ORM query cost more CPU than the rest of the request.
-    Raises UnknownChannel naming the ids no channel answers for.
+    The rows read are kept for APP_SECRETS_TTL_SECONDS; ``fresh``: read them
+    again (before refusing a delivery). Raises UnknownChannel naming the ids
+    no channel answers for (read fresh first).
     """
-    rows: dict[str, str] = {}
-    if ids := sorted(phone_number_ids):
-        meta = Channel._meta
-        secret = meta.get_field("app_secret")
-        connection = connections[router.db_for_read(Channel)]
-        quote = connection.ops.quote_name
-
-        def column(name: str) -> str:
-            return quote(meta.get_field(name).column)
-
-        phone, marks = column("phone_number_id"), ", ".join(["%s"] * len(ids))
-        # Names quoted from the model, values as parameters.
-        sql = " ".join(
-            [
-                f"SELECT {phone}, {column('app_secret')}",
-                f"FROM {quote(meta.db_table)}",
-                f"WHERE {column('kind')} = %s AND {column('is_active')} = %s",
-                f"AND {phone} IN ({marks})",
-            ]
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [Channel.Kind.WHATSAPP, True, *ids])
-            rows = {
-                number: secret.from_db_value(value, None, connection)
-                for number, value in cursor.fetchall()
-            }
+    ids = sorted(phone_number_ids)
+    now = time.monotonic()
+    cached = [_app_secrets.get(number) for number in ids]
+    if not fresh and all(c is not None and c[1] > now for c in cached):
+        rows = {n: c[0] for n, c in zip(ids, cached, strict=True) if c and c[0]}
+        try:
+            return _resolved(phone_number_ids, rows, settings.WHATSAPP_APP_SECRET)
+        except UnknownChannel:
+            pass  # perhaps added since: read again before refusing
+    rows = _app_secrets_read(ids) if ids else {}
+    expires = time.monotonic() + APP_SECRETS_TTL_SECONDS
+    for number in ids:
+        _app_secrets[number] = (rows.get(number), expires)
     return _resolved(phone_number_ids, rows, settings.WHATSAPP_APP_SECRET)
 
 

@@ -2,13 +2,15 @@
 
 ``conversations/queries.py`` (the reply path) and ``pipeline/queries.py``
 (the steps) write their one-row statements once per process, because
-compiling the ORM query cost more CPU than running it. Both bind values the
-way the ORM does and run on Django's own connection (its transaction, its
-``django.db`` errors), on PostgreSQL and SQLite alike.
+compiling the ORM query cost more CPU than running it; the webhooks insert
+their deliveries many rows at a time (``webhooks/handoff.py``). All bind
+values the way the ORM does and run on Django's own connection (its
+transaction, its ``django.db`` errors), on PostgreSQL and SQLite alike.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,3 +40,67 @@ def rowcount(sql: str, params: Sequence[Any]) -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+@functools.lru_cache(maxsize=256)
+def insert_plan(
+    model: type[Model], vendor: str, count: int = 1
+) -> tuple[str, list[Any], bool]:
+    """Return (SQL, fields, whether the database numbers the rows) to insert
+    ``count`` rows of ``model``; no RETURNING."""
+    meta = model._meta
+    auto = meta.pk.db_returning  # an AutoField: the database numbers the row
+    fields = [f for f in meta.concrete_fields if not (auto and f is meta.pk)]
+    row = f"({', '.join(['%s'] * len(fields))})"
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)}"  # noqa: S608 - our names
+        f" ({', '.join(quote(f.column) for f in fields)})"
+        f" VALUES {', '.join([row] * count)}"
+    )
+    return sql, fields, auto
+
+
+def insert_params(instance: Model, fields: list[Any]) -> list[Any]:
+    """The values save() would write for a new ``instance`` (defaults,
+    ``auto_now_add``, field adapters)."""
+    return [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+
+
+def inserted(instance: Model) -> None:
+    """Mark ``instance`` as saved, as save() does."""
+    instance._state.adding = False
+    instance._state.db = connection.alias
+
+
+def row_insert(instance: Model) -> None:
+    """Insert ``instance`` as ``save()`` does for a new row (defaults,
+    ``auto_now_add``, field adapters), in one statement compiled once.
+
+    For the models of the hot paths only: no save signals are sent (none are
+    connected to them), and a duplicate raises IntegrityError as save() does.
+    """
+    sql, fields, auto = insert_plan(type(instance), connection.vendor)
+    if auto:
+        sql += f" RETURNING {quote(instance._meta.pk.column)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, insert_params(instance, fields))
+        if auto:
+            (instance.pk,) = cursor.fetchone()  # an integer on every backend
+    inserted(instance)
+
+
+def rows_insert(instances: Sequence[Model]) -> None:
+    """Insert ``instances`` (one model, primary keys set by the application,
+    not numbered by the database) in one statement, as :func:`row_insert`
+    inserts one: all of them or, on an error, none."""
+    model = type(instances[0])
+    sql, fields, auto = insert_plan(model, connection.vendor, len(instances))
+    if auto or any(type(i) is not model for i in instances):
+        raise TypeError("rows_insert takes rows of one model with their own keys")
+    params = [
+        value for instance in instances for value in insert_params(instance, fields)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    for instance in instances:
+        inserted(instance)

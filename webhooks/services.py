@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from conversations.models import Message
@@ -36,6 +36,8 @@ from vocoeng.models import Channel, Tenant
 from vocoeng.routing import PermanentMessageError, decode_json
 from vocoeng.services import tenant_get_default
 
+from .handoff import DeliveryFailed as DeliveryFailed  # raised by delivery_accept
+from .handoff import delivery_hand_off
 from .inbound import REQUEUE_AFTER, chains_enqueue, messages_ingest
 from .models import WebhookDelivery
 from .parsers import (
@@ -79,14 +81,6 @@ class DeliveryRejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class DeliveryFailed(Exception):
-    """Say a delivery failed on our side (recorded as failed; answered 503)."""
-
-    def __init__(self, delivery: Any) -> None:
-        super().__init__(f"delivery {delivery} failed")
-        self.delivery = delivery
 
 
 def body_text(body: bytes) -> str:
@@ -316,8 +310,9 @@ def delivery_accept(
     delivery is committed as received and one ``webhooks.delivery_process``
     task is enqueued with its id. When the database or the broker refuses,
     the delivery is recorded as failed if it can be and DeliveryFailed is
-    raised (503): the sender retries. ``data``: the body already decoded by
-    the view (None: decode it here).
+    raised (503): the sender retries. The INSERT and the publish are shared
+    with the requests that reach them at the same time (webhooks.handoff).
+    ``data``: the body already decoded by the view (None: decode it here).
     """
     delivery = WebhookDelivery(
         source=source,
@@ -333,20 +328,8 @@ def delivery_accept(
         delivery.processed_at = timezone.now()
         delivery.save(force_insert=True)
         raise
-    try:
-        delivery.save(force_insert=True)  # committed: from here nothing is lost
-    except DatabaseError as exc:
-        logger.exception("webhook_failed source=%s (recording)", source)
-        raise DeliveryFailed(delivery.pk) from exc
-    try:
-        delivery_enqueue(delivery_id=delivery.pk)
-    except Exception as exc:  # broker down: recorded as failed, the sender retries
-        logger.exception("webhook_failed source=%s delivery=%s", source, delivery.pk)
-        try:
-            delivery_fail(delivery=delivery, error=f"{type(exc).__name__}: {exc}")
-        except DatabaseError:
-            logger.exception("webhook_fail_unrecorded delivery=%s", delivery.pk)
-        raise DeliveryFailed(delivery.pk) from exc
+    # Committed and queued (with other requests' deliveries): nothing is lost.
+    delivery_hand_off(delivery=delivery)
     logger.info("webhook_accepted source=%s delivery=%s", source, delivery.pk)
     return delivery
 

@@ -87,6 +87,26 @@ def _unauthorized(source: str, reason: str, status: int) -> JsonResponse:
     return JsonResponse({"error": reason}, status=status)
 
 
+def _app_secrets(
+    ids: set[str], *, fresh: bool = False
+) -> dict[str, str] | HttpResponse:
+    """Return the app secrets of the numbers, or the answer refusing them."""
+    try:
+        return channels.whatsapp_app_secrets(phone_number_ids=ids, fresh=fresh)
+    except channels.UnknownChannel as exc:
+        return _unauthorized("whatsapp", exc.reason, 403)
+    except DatabaseError as exc:  # the sender retries
+        return _unavailable("whatsapp", exc)
+
+
+def _signed(body: bytes, header: str, secrets: dict[str, str]) -> bool:
+    """Say whether every app secret of the delivery's numbers signed ``body``."""
+    return all(
+        whatsapp_signature_valid(body=body, header=header, secret=secret)
+        for secret in set(secrets.values()) or {settings.WHATSAPP_APP_SECRET}
+    )
+
+
 @document(**openapi.WHATSAPP)
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
@@ -113,19 +133,17 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
         data = None  # rejected with the reason once the signature checks out
     # The number a delivery is for picks the channel, whose app secret must
     # have signed it (all of them, when one delivery names several numbers).
-    try:
-        secrets = channels.whatsapp_app_secrets(
-            phone_number_ids=whatsapp_phone_number_ids(data)
-        )
-    except channels.UnknownChannel as exc:
-        return _unauthorized("whatsapp", exc.reason, 403)
-    except DatabaseError as exc:  # the sender retries
-        return _unavailable("whatsapp", exc)
-    if not all(
-        whatsapp_signature_valid(body=request.body, header=header, secret=secret)
-        for secret in set(secrets.values()) or {settings.WHATSAPP_APP_SECRET}
-    ):
-        return _unauthorized("whatsapp", "X-Hub-Signature-256 does not match", 403)
+    ids = whatsapp_phone_number_ids(data)
+    secrets = _app_secrets(ids)
+    if isinstance(secrets, HttpResponse):
+        return secrets
+    if not _signed(request.body, header, secrets):
+        # Perhaps read before a rotation (they are kept a few seconds): again.
+        secrets = _app_secrets(ids, fresh=True)
+        if isinstance(secrets, HttpResponse):
+            return secrets
+        if not _signed(request.body, header, secrets):
+            return _unauthorized("whatsapp", "X-Hub-Signature-256 does not match", 403)
     return _accept(
         request, source="whatsapp", accept=partial(services.whatsapp_accept, data=data)
     )

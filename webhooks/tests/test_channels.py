@@ -73,6 +73,45 @@ def test_each_number_is_verified_with_its_own_secret(client, channels, queued):
     assert queued() == 2
 
 
+def test_a_secret_rotated_by_another_process_is_taken_at_once(client, channels, queued):
+    a, _ = channels
+    assert _post(client, NUMBER_A, "15550000001", "one", "secret-a").status_code == 200
+    # Another web process (or the admin elsewhere) rotates the secret: no
+    # signal reaches this process, whose kept secret no longer matches.
+    Channel.objects.filter(pk=a.pk).update(app_secret="secret-a2")
+    assert _post(client, NUMBER_A, "15550000001", "two", "secret-a2").status_code == 200
+    assert (
+        _post(client, NUMBER_A, "15550000001", "three", "secret-a").status_code == 403
+    )
+    assert queued() == 2
+
+
+def test_the_secrets_read_are_kept_between_requests(client, channels, queued):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    assert _post(client, NUMBER_A, "15550000001", "one", "secret-a").status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        response = _post(client, NUMBER_A, "15550000001", "two", "secret-a")
+    assert response.status_code == 200
+    assert queued() == 2
+    # The webhook's own statement (the worker finds the channel again).
+    quote = connection.ops.quote_name
+    lookup = f"SELECT {quote('phone_number_id')}, {quote('app_secret')} FROM"
+    assert not [q for q in queries if q["sql"].startswith(lookup)]
+
+
+def test_a_channel_deactivated_here_is_refused_at_once(client, channels, queued):
+    a, _ = channels
+    assert _post(client, NUMBER_A, "15550000001", "one", "secret-a").status_code == 200
+    a.is_active = False
+    a.save()
+    # The environment's number (any id, its own secret) is all that is left.
+    response = _post(client, NUMBER_A, "15550000001", "two", "secret-a")
+    assert response.status_code == 403
+    assert queued() == 1
+
+
 @pytest.mark.parametrize("secret", ["secret-b", p.APP_SECRET])
 def test_signature_made_with_another_channels_secret_is_refused(
     client, channels, queued, secret

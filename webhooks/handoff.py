@@ -1,0 +1,241 @@
+"""Record verified deliveries and queue their tasks, many per round trip.
+
+A webhook request made two round trips of its own: the INSERT of its delivery
+(autocommit) and the publish of its ``webhooks.delivery_process`` task.
+Measured under gunicorn (bench/webhooks.py, 8 threads a process), they and
+the thread switches around them were most of the request's CPU. Here the
+request threads of one process that reach this point together share them
+(group commit): the first to arrive leads, records every delivery waiting in
+one INSERT, publishes their tasks in one batch (one pipeline on Redis) and
+wakes their threads; deliveries that arrive meanwhile go with the next leader,
+one of their own threads. No thread waits for a timer: a request alone is a
+batch of one.
+
+What the sender sees does not change: each request returns once its delivery
+is committed and its task is in the broker. When the database refuses the
+batch, each delivery is tried alone (one bad row fails only itself); when the
+broker refuses, every delivery of the batch is recorded as failed, and every
+one raises DeliveryFailed (the view answers 503, the sender retries). A task
+that reached the broker before a failure finds its delivery failed and does
+nothing. Inside a transaction (the caller's), a delivery is recorded and
+queued alone, in that transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from vocoeng import correlation
+from vocoeng.celery import app
+from vocoeng.celery_batch import publish_many
+from vocoeng.sql import rows_insert
+
+from .models import WebhookDelivery
+
+logger = logging.getLogger(__name__)
+
+# Deliveries one leader takes at most (a web process has a handful of
+# threads; this bounds the statement's parameters well under SQLite's limit).
+MAX_BATCH = 32
+
+
+class DeliveryFailed(Exception):
+    """Say a delivery failed on our side (recorded as failed; answered 503)."""
+
+    def __init__(self, delivery: object) -> None:
+        super().__init__(f"delivery {delivery} failed")
+        self.delivery = delivery
+
+
+class _Waiter:
+    __slots__ = ("correlation_id", "delivery", "done", "error", "lead")
+
+    def __init__(self, delivery: WebhookDelivery) -> None:
+        self.delivery = delivery
+        self.correlation_id = correlation.current()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.lead = False  # woken to lead the next batch, not done
+
+
+class _Stage:
+    """Run waiting items in batches, one batch at a time, led by a waiter.
+
+    ``run(batch)`` sets the error of each item it could not take.
+    """
+
+    def __init__(self, run: Callable[[list[_Waiter]], object]) -> None:
+        self.run = run
+        self.lock = threading.Lock()
+        self.pending: list[_Waiter] = []  # arrival order; empty if none leads
+        self.leading = False
+
+    def submit(self, waiter: _Waiter) -> None:
+        """Return once ``waiter``'s batch has run (its error set, if any)."""
+        waiter.done.clear()
+        waiter.lead = False
+        with self.lock:
+            self.pending.append(waiter)
+            lead = not self.leading
+            self.leading = True
+        if not lead:
+            waiter.done.wait()
+            lead = waiter.lead
+        if lead:  # the first of those waiting: this waiter is in the batch
+            self._lead()
+
+    def _lead(self) -> None:
+        with self.lock:
+            batch = self.pending[:MAX_BATCH]
+            del self.pending[:MAX_BATCH]
+        try:
+            self.run(batch)
+        except Exception as exc:  # neither the database's nor the broker's
+            logger.exception("webhook_failed deliveries=%d (hand-off)", len(batch))
+            for waiter in batch:
+                if waiter.error is None:
+                    waiter.error = _failed(waiter.delivery, exc)
+        finally:
+            with self.lock:
+                if self.pending:  # the next leader: the first of those left
+                    self.pending[0].lead = True
+                    self.pending[0].done.set()
+                else:
+                    self.leading = False
+            for waiter in batch:
+                waiter.done.set()
+
+
+def delivery_hand_off(*, delivery: WebhookDelivery) -> None:
+    """Record ``delivery`` (committed) and queue its task, then return.
+
+    Raises DeliveryFailed when the database or the broker refused (the
+    delivery recorded as failed when the database takes it).
+    """
+    waiter = _Waiter(delivery)
+    if connection.in_atomic_block:  # the caller's transaction: alone, in it
+        _record([waiter])
+        if waiter.error is None:
+            _publish([waiter])
+    else:
+        # Two stages, so one batch's INSERT overlaps the previous one's publish.
+        _recording.submit(waiter)
+        if waiter.error is None:
+            _publishing.submit(waiter)
+    if waiter.error is not None:
+        raise waiter.error
+
+
+def _publish(batch: list[_Waiter]) -> None:
+    """Queue the tasks of recorded deliveries; on failure record them failed."""
+    try:
+        _enqueue(batch)
+    except Exception as exc:  # broker down: recorded as failed, senders retry
+        logger.exception(
+            "webhook_failed deliveries=%s (enqueue)",
+            ",".join(str(w.delivery.pk) for w in batch),
+        )
+        _fail([w.delivery for w in batch], error=f"{type(exc).__name__}: {exc}")
+        for waiter in batch:
+            waiter.error = _failed(waiter.delivery, exc)
+
+
+def _failed(delivery: WebhookDelivery, cause: BaseException) -> DeliveryFailed:
+    error = DeliveryFailed(delivery.pk)
+    error.__cause__ = cause
+    return error
+
+
+def _record(batch: list[_Waiter]) -> list[_Waiter]:
+    """Insert the deliveries (one statement); return the waiters recorded
+    (the others have their error set)."""
+    try:
+        rows_insert([w.delivery for w in batch])
+        return batch
+    except DatabaseError as exc:
+        if len(batch) == 1:
+            logger.exception(
+                "webhook_failed source=%s (recording)", batch[0].delivery.source
+            )
+            batch[0].error = _failed(batch[0].delivery, exc)
+            return []
+    recorded = []
+    for waiter in batch:  # one bad row must not fail the others
+        recorded.extend(_record([waiter]))
+    return recorded
+
+
+def _enqueue(batch: Sequence[_Waiter]) -> None:
+    """Publish one ``webhooks.delivery_process`` task per delivery, at once.
+
+    Each task carries the correlation id of its own request (the leader's
+    context holds only the leader's).
+    """
+    from .tasks import delivery_process
+
+    items = [
+        (
+            delivery_process.s(str(w.delivery.pk)),
+            correlation.headers_for(w.correlation_id) if w.correlation_id else {},
+        )
+        for w in batch
+    ]
+    with _producer() as producer:
+        with producer.batch(max_size=4 * len(items) + 4) as published:
+            publish_many(items, producer=producer)
+            published.flush()
+
+
+_held_lock = threading.Lock()
+_held: Any = None  # the producer this process's publishing leaders keep
+
+
+@contextmanager
+def _producer() -> Iterator[Any]:
+    """Lend the producer kept for the hand-off (taken from Celery's pool once).
+
+    Acquiring one from the pool for every batch cost a tenth of the
+    publishing stage. One thread at a time uses it (the stage has one
+    leader; a caller in a transaction waits for it); after an error it goes
+    back to the pool and the next batch takes another.
+    """
+    global _held
+    with _held_lock:
+        if _held is None:
+            _held = app.producer_pool.acquire(block=True)
+        try:
+            yield _held
+        except BaseException:
+            producer, _held = _held, None
+            producer.release()
+            raise
+
+
+def _fail(deliveries: list[WebhookDelivery], *, error: str) -> None:
+    """Record the deliveries as failed (our side; the senders retry)."""
+    now = timezone.now()
+    for delivery in deliveries:
+        delivery.verdict = WebhookDelivery.Verdict.FAILED
+        delivery.error, delivery.processed_at = error[:4000], now
+    try:
+        WebhookDelivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
+            verdict=WebhookDelivery.Verdict.FAILED,
+            error=error[:4000],
+            processed_at=now,
+        )
+    except DatabaseError:
+        logger.exception(
+            "webhook_fail_unrecorded deliveries=%s",
+            ",".join(str(d.pk) for d in deliveries),
+        )
+
+
+_recording = _Stage(_record)
+_publishing = _Stage(_publish)

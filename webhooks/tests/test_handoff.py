@@ -1,0 +1,161 @@
+"""Deliveries that reach the hand-off together share one INSERT and one publish."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from conftest import wait_for
+from vocoeng import correlation
+from webhooks import handoff
+from webhooks.models import WebhookDelivery
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+
+def _delivery(pk: uuid.UUID | None = None) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=pk or uuid.uuid4(),
+        source="whatsapp",
+        headers={"Content-Type": "application/json"},
+        body='{"object": "whatsapp_business_account", "entry": []}',
+        received_at=timezone.now(),
+    )
+
+
+def _together(deliveries, monkeypatch) -> tuple[list, list[int]]:
+    """Hand each delivery off from a thread of its own (correlation id
+    ``cid-<i>``): the first alone, the others while its INSERT is held, so
+    they wait for the next batch. Returns each thread's error (or None) and
+    the size of each INSERT."""
+    sizes: list[int] = []
+    insert = handoff.rows_insert
+
+    def held(instances):
+        sizes.append(len(instances))
+        if len(sizes) == 1:
+            wait_for(lambda: len(handoff._recording.pending) == len(deliveries) - 1)
+        insert(instances)
+
+    monkeypatch.setattr(handoff, "rows_insert", held)
+    errors: list = [None] * len(deliveries)
+
+    def hand_off(i: int) -> None:
+        token = correlation.activate(f"cid-{i}")
+        try:
+            handoff.delivery_hand_off(delivery=deliveries[i])
+        except Exception as exc:
+            errors[i] = exc
+        finally:
+            correlation.deactivate(token)
+            connection.close()
+
+    threads = [
+        threading.Thread(target=hand_off, args=(i,)) for i in range(len(deliveries))
+    ]
+    threads[0].start()
+    wait_for(lambda: sizes)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return errors, sizes
+
+
+def _tasks() -> dict[str, str]:
+    """Take the queued delivery tasks: delivery id -> correlation id."""
+    from vocoeng.celery import app
+
+    tasks = {}
+    with app.connection_for_write() as conn:
+        while (message := conn.default_channel.basic_get("default")) is not None:
+            assert message.headers["task"] == "webhooks.delivery_process"
+            args, _, _ = message.decode()
+            tasks[args[0]] = message.headers.get(correlation.HEADER)
+            message.ack()
+    return tasks
+
+
+def test_deliveries_arriving_together_are_recorded_and_queued_in_one_batch(
+    monkeypatch, queued
+) -> None:
+    deliveries = [_delivery() for _ in range(6)]
+    errors, sizes = _together(deliveries, monkeypatch)
+    assert errors == [None] * 6
+    assert sizes == [1, 5]
+    recorded = WebhookDelivery.objects.filter(verdict="received")
+    assert {d.pk for d in recorded} == {d.pk for d in deliveries}
+    # One task each, carrying its own request's correlation id (not the
+    # leader's, who published it).
+    assert _tasks() == {str(d.pk): f"cid-{i}" for i, d in enumerate(deliveries)}
+
+
+def test_a_row_the_database_refuses_fails_alone(monkeypatch, queued) -> None:
+    twin = uuid.uuid4()
+    deliveries = [_delivery(), _delivery(), _delivery(twin), _delivery(twin)]
+    errors, sizes = _together(deliveries, monkeypatch)
+    # The batch of three failed as one statement, then each row went alone.
+    assert sizes[:2] == [1, 3]
+    assert errors[:2] == [None, None]
+    failed = [e for e in errors[2:] if e is not None]
+    assert len(failed) == 1
+    assert isinstance(failed[0], handoff.DeliveryFailed)
+    assert failed[0].delivery == twin
+    assert WebhookDelivery.objects.count() == 3
+    assert set(_tasks()) == {str(d.pk) for d in deliveries}
+
+
+def test_a_broker_refusal_fails_every_delivery_of_the_batch(
+    monkeypatch, queued
+) -> None:
+    from kombu import Producer
+
+    def down(self, *args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(Producer, "publish", down)
+    deliveries = [_delivery() for _ in range(4)]
+    errors, _ = _together(deliveries, monkeypatch)
+    assert all(isinstance(e, handoff.DeliveryFailed) for e in errors)
+    # Recorded, so the bodies can be replayed; answered 503, so Meta retries.
+    rows = WebhookDelivery.objects.all()
+    assert len(rows) == 4
+    assert {r.verdict for r in rows} == {"failed"}
+    assert all("broker down" in r.error for r in rows)
+    monkeypatch.undo()
+    assert _tasks() == {}
+
+
+def test_inside_a_transaction_a_delivery_goes_alone_in_it(queued) -> None:
+    from django.db import transaction
+
+    delivery = _delivery()
+    with transaction.atomic():
+        handoff.delivery_hand_off(delivery=delivery)
+        assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()
+        assert not handoff._recording.leading
+    assert set(_tasks()) == {str(delivery.pk)}
+
+
+def test_a_batch_stores_what_create_stores() -> None:
+    from vocoeng.sql import rows_insert
+
+    fields = {
+        "source": "whatsapp",
+        "headers": {"Content-Type": "application/json", "X-Request-Id": "r-1"},
+        "body": '{"entry": ["é", "\\ufffd"]}',
+        "received_at": timezone.now(),
+    }
+    created = WebhookDelivery.objects.create(**fields)
+    batch = [WebhookDelivery(**fields), WebhookDelivery(**fields)]
+    rows_insert(batch)
+    assert not batch[0]._state.adding
+    names = [f.attname for f in WebhookDelivery._meta.concrete_fields if f.name != "id"]
+    stored = WebhookDelivery.objects.in_bulk([created.pk, *(d.pk for d in batch)])
+    first = {n: getattr(stored[created.pk], n) for n in names}
+    for delivery in batch:
+        assert {n: getattr(stored[delivery.pk], n) for n in names} == first
