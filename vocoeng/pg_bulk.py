@@ -28,10 +28,13 @@ def execute(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     import psycopg
 
     connection.ensure_connection()
-    # psycopg.Cursor, not connection.cursor(): Django sets the connection's
-    # cursor_factory to ClientCursor (client-side binding).
+    # psycopg.Cursor, not connection.cursor(): server-side binding whatever
+    # DB_PREPARED_STATEMENTS says, and never prepared. A batch's best plan
+    # depends on its rows (how many, which keys); prepared, PostgreSQL moved
+    # to a generic plan after five runs and the bridge's chat route fell from
+    # ~2,700 to ~1,500 msg/s at the same CPU (bench/bridge.py).
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
-        cur.execute(sql, params)
+        cur.execute(sql, params, prepare=False)
         return cur.fetchall() if cur.description is not None else []
 
 
