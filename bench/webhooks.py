@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import emit, free_port  # noqa: E402
+from _common import analyze_database, emit, ensure_database, free_port  # noqa: E402
 
 SECRET = "bench-app-secret"
 
@@ -295,6 +295,7 @@ def main() -> int:
     }
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
+    ensure_database(env.get("DATABASE_URL", ""))
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT, env=env, check=True,
@@ -303,6 +304,7 @@ def main() -> int:
     import django
 
     django.setup()
+    analyze_database()
     from conversations.models import Message
     from vocoeng.celery import app as celery_app
     from webhooks.models import WebhookDelivery
