@@ -123,6 +123,73 @@ def test_a_review_before_its_brief_waits(scripted) -> None:
     assert model.seen == []
 
 
+def test_a_step_that_must_wait_or_cannot_run_is_not_claimed(scripted) -> None:
+    scripted(garbage={"expand"})
+    run = _run()
+
+    def untouched(name: str) -> bool:
+        step = run.steps.get(name=name)
+        return step.status == "pending" and step.attempts == 0
+
+    assert steps.step_execute(run_id=run.pk, name="review:optimist").action == "wait"
+    assert steps.step_execute(run_id=run.pk, name="aggregate").action == "wait"
+    assert untouched("review:optimist") and untouched("aggregate")
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED and run.started_at is None
+    assert steps.step_execute(run_id=run.pk, name="expand").status == "failed"
+    blocked = steps.step_execute(run_id=run.pk, name="review:optimist")
+    assert blocked.status == "skipped"
+    assert run.steps.get(name="review:optimist").attempts == 0
+
+
+def test_the_first_claimed_step_starts_the_run(scripted) -> None:
+    scripted()
+    run = _run()
+    assert steps.step_execute(run_id=run.pk, name="expand").status == "succeeded"
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING and run.started_at is not None
+    started = run.started_at
+    steps.step_execute(run_id=run.pk, name="review:optimist")
+    run.refresh_from_db()
+    assert run.started_at == started
+
+
+def test_a_failed_model_attempt_is_in_the_ledger_without_usage(scripted) -> None:
+    scripted(fail={"expand"})
+    run = _run()
+    assert steps.step_execute(run_id=run.pk, name="expand").status == "failed"
+    calls = AICall.objects.filter(ref=f"run:{run.pk}:expand")
+    assert calls.exists()  # each provider's attempt (the fallback's too)
+    for call in calls:
+        assert call.status == AICall.Status.FAILED
+        assert call.tenant_id == run.tenant_id and call.http_status == 500
+        assert call.total_tokens == 0 and call.created_at is not None
+    step = run.steps.get(name="expand")
+    assert (step.total_tokens, step.cost) == (0, 0)
+
+
+def test_an_aggregate_that_lost_its_claim_does_not_finish_the_run(scripted) -> None:
+    scripted()
+    run = _run()
+    for name in services.step_names(PERSONAS)[:-1]:
+        steps.step_execute(run_id=run.pk, name=name)
+    aggregate = run.steps.get(name="aggregate")
+    # Claimed by attempt 1, then retaken by attempt 2 (a stale claim).
+    run.steps.filter(pk=aggregate.pk).update(status="running", attempts=2)
+    close = {"status": Run.Status.SUCCEEDED, "result": {"x": 1}, "error": ""}
+    assert not steps._finish(
+        aggregate, 1, status="succeeded", output={"x": 1}, close=close
+    )
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING and run.result is None
+    assert run.steps.get(name="aggregate").status == "running"
+    assert steps._finish(aggregate, 2, status="succeeded", output={"x": 1}, close=close)
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED and run.result == {"x": 1}
+    assert run.finished_at is not None
+    assert run.total_tokens == sum(s.total_tokens for s in run.steps.all()) > 0
+
+
 def test_all_but_one_review_is_enough_and_the_run_is_partial(scripted) -> None:
     scripted(garbage={"review:engineer"})
     run = _run()
