@@ -75,6 +75,14 @@ class Claim:
     unfinished_prefix: str | None = None
 
 
+# The run's row first, then its steps' rows: the order run_finish (cancel,
+# reaper) and run_resume lock them in, so a folded statement that writes both
+# cannot deadlock with them. The steps' conditions read the run from here.
+_LOCK_RUN = (
+    f'"locked" AS (SELECT "status" FROM "{RUN}" WHERE "id" = %s FOR NO KEY UPDATE),'  # noqa: S608 - our names
+)
+
+
 def _claim_cte(claim: Claim, pk: Any) -> tuple[str, list[Any]]:
     """Return the WITH clause that claims ``claim.name`` and starts its run."""
     needs, params = "", []
@@ -92,17 +100,19 @@ def _claim_cte(claim: Claim, pk: Any) -> tuple[str, list[Any]]:
         params += [pk, f"{claim.unfinished_prefix}%", *StepProgress.FINISHED]
     now = sql.db_value(StepProgress, "started_at", claim.now)
     return (
-        f'WITH "claim" AS (UPDATE "{STEP}" SET "status" = %s, "started_at" = %s,'  # noqa: S608 - our names
+        f"WITH {_LOCK_RUN}"  # noqa: S608 - our names
+        f' "claim" AS (UPDATE "{STEP}" SET "status" = %s, "started_at" = %s,'
         ' "finished_at" = NULL, "attempts" = "attempts" + 1'
         ' WHERE "run_id" = %s AND "name" = %s'
         ' AND ("status" = %s OR ("status" = %s AND "started_at" < %s))'
-        f' AND EXISTS (SELECT 1 FROM "{RUN}" a WHERE a."id" = %s'
-        f' AND a."status" IN (%s, %s)){needs} RETURNING "attempts"),'
+        ' AND EXISTS (SELECT 1 FROM "locked" WHERE "status" IN (%s, %s))'
+        f'{needs} RETURNING "attempts"),'
         f' "started" AS (UPDATE "{RUN}" SET "status" = %s,'
         ' "started_at" = COALESCE("started_at", %s)'
         ' WHERE "id" = %s AND "status" = %s AND EXISTS (SELECT 1 FROM "claim")'
         " RETURNING 1) ",
         [
+            pk,
             StepProgress.Status.RUNNING,
             now,
             pk,
@@ -110,7 +120,6 @@ def _claim_cte(claim: Claim, pk: Any) -> tuple[str, list[Any]]:
             StepProgress.Status.PENDING,
             StepProgress.Status.RUNNING,
             sql.db_value(StepProgress, "started_at", claim.stale),
-            pk,
             *Run.ACTIVE,
             *params,
             Run.Status.RUNNING,
@@ -266,11 +275,18 @@ def step_write_run_close(
         finished=run["finished"],
     )
     ((written, closed),) = sql.rows(
-        f'WITH "step" AS ({step_sql} RETURNING 1),'  # noqa: S608 - our names
+        f"WITH {_LOCK_RUN}"  # noqa: S608 - our names
+        f' "step" AS ({step_sql} AND EXISTS (SELECT 1 FROM "locked")'
+        " RETURNING 1),"
         f' "run" AS ({run_sql} AND EXISTS (SELECT 1 FROM "step") RETURNING 1),'
         f' "rest" AS ({rest_sql} AND EXISTS (SELECT 1 FROM "run"))'
         ' SELECT EXISTS (SELECT 1 FROM "step"), EXISTS (SELECT 1 FROM "run")',
-        [*step_params, *run_params, *rest_params],
+        [
+            sql.db_value(Run, "id", run["run_id"]),
+            *step_params,
+            *run_params,
+            *rest_params,
+        ],
     )
     return bool(written), bool(closed)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -324,3 +325,69 @@ def test_a_tenant_with_a_budget_runs_every_step_through_its_spend_guard(
         )
     assert run.total_tokens == sum(s.total_tokens for s in run.steps.all()) > 0
     assert run.cost == sum(s.cost for s in run.steps.all())
+
+
+def _claim_expand(run: Run) -> Callable[[], bool]:
+    return lambda: (
+        steps.step_execute(run_id=run.pk, name="expand").status == "succeeded"
+    )
+
+
+def _finish_aggregate(run: Run) -> Callable[[], bool]:
+    for name in services.step_names(PERSONAS)[:-1]:
+        steps.step_execute(run_id=run.pk, name=name)
+    aggregate = run.steps.get(name="aggregate")
+    run.steps.filter(pk=aggregate.pk).update(status="running", attempts=1)
+    close = {"status": Run.Status.SUCCEEDED, "result": {"x": 1}}
+    return lambda: steps._finish(aggregate, 1, status="succeeded", close=close)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepare", [_claim_expand, _finish_aggregate])
+def test_a_folded_write_waits_for_a_run_being_cancelled_without_deadlock(
+    scripted, prepare
+) -> None:
+    """A folded statement locks the run's row before its steps', as cancel does."""
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    from conftest import database_url, wait_for
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the folded statements are PostgreSQL's; SQLite has one writer")
+    scripted()
+    run = _run()
+    write = prepare(run)  # everything before the write, committed
+    done = []
+
+    def in_worker() -> None:
+        try:
+            done.append(write())
+        finally:
+            connection.close()
+
+    with psycopg.connect(database_url()) as cancel:
+        # run_finish's order for a cancel: the run, then its steps.
+        cancel.execute(
+            "UPDATE pipeline_run SET status = 'cancelled' WHERE id = %s", [run.pk]
+        )
+        worker = threading.Thread(target=in_worker)
+        worker.start()
+        wait_for(
+            lambda: cancel.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()[0]
+        )
+        cancel.execute(
+            "UPDATE pipeline_stepprogress SET status = 'skipped'"
+            " WHERE run_id = %s AND status IN ('pending', 'running')",
+            [run.pk],
+        )
+        cancel.commit()
+        worker.join(30)
+    assert done == [False]  # the cancel won; the late write changed nothing
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED and run.result is None
