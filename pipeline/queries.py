@@ -77,10 +77,12 @@ class Claim:
 
 # The run's row first, then its steps' rows: the order run_finish (cancel,
 # reaper) and run_resume lock them in, so a folded statement that writes both
-# cannot deadlock with them. The steps' conditions read the run from here.
-_LOCK_RUN = (
-    f'"locked" AS (SELECT "status" FROM "{RUN}" WHERE "id" = %s FOR NO KEY UPDATE),'  # noqa: S608 - our names
-)
+# cannot deadlock with them (a claim writes the run only while it is queued:
+# it locks the run then, and reads a running one without a lock, so the
+# reviews of a run do not queue behind each other on its row).
+_LOCK = f'"locked" AS (SELECT 1 FROM "{RUN}" WHERE "id" = %s'  # noqa: S608 - our names
+_LOCK_RUN = f"{_LOCK} FOR NO KEY UPDATE),"
+_LOCK_QUEUED_RUN = f'{_LOCK} AND "status" = %s FOR NO KEY UPDATE),'
 
 
 def _claim_cte(claim: Claim, pk: Any) -> tuple[str, list[Any]]:
@@ -100,12 +102,13 @@ def _claim_cte(claim: Claim, pk: Any) -> tuple[str, list[Any]]:
         params += [pk, f"{claim.unfinished_prefix}%", *StepProgress.FINISHED]
     now = sql.db_value(StepProgress, "started_at", claim.now)
     return (
-        f"WITH {_LOCK_RUN}"  # noqa: S608 - our names
+        f"WITH {_LOCK_QUEUED_RUN}"  # noqa: S608 - our names
         f' "claim" AS (UPDATE "{STEP}" SET "status" = %s, "started_at" = %s,'
         ' "finished_at" = NULL, "attempts" = "attempts" + 1'
         ' WHERE "run_id" = %s AND "name" = %s'
         ' AND ("status" = %s OR ("status" = %s AND "started_at" < %s))'
-        ' AND EXISTS (SELECT 1 FROM "locked" WHERE "status" IN (%s, %s))'
+        ' AND (EXISTS (SELECT 1 FROM "locked")'
+        f' OR EXISTS (SELECT 1 FROM "{RUN}" a WHERE a."id" = %s AND a."status" = %s))'
         f'{needs} RETURNING "attempts"),'
         f' "started" AS (UPDATE "{RUN}" SET "status" = %s,'
         ' "started_at" = COALESCE("started_at", %s)'
@@ -113,6 +116,7 @@ def _claim_cte(claim: Claim, pk: Any) -> tuple[str, list[Any]]:
         " RETURNING 1) ",
         [
             pk,
+            Run.Status.QUEUED,
             StepProgress.Status.RUNNING,
             now,
             pk,
@@ -120,7 +124,8 @@ def _claim_cte(claim: Claim, pk: Any) -> tuple[str, list[Any]]:
             StepProgress.Status.PENDING,
             StepProgress.Status.RUNNING,
             sql.db_value(StepProgress, "started_at", claim.stale),
-            *Run.ACTIVE,
+            pk,
+            Run.Status.RUNNING,
             *params,
             Run.Status.RUNNING,
             sql.db_value(Run, "started_at", claim.now),
