@@ -7,7 +7,10 @@ Starts the fake model server (latency 0) and one real ``celery worker``
 * pipeline: N consensus runs (expand → P reviews → aggregate) through the
   real tasks, the step claims, the DB writes and the model calls.
 
-Prints runs/s, time per step and the ratio pipeline / baseline (target >= 0.5).
+Prints runs/s, time per step and the ratio pipeline / baseline (target >= 0.5),
+and the worker's CPU per run in each: the worker is one process whose threads
+share one GIL, so its CPU per run caps its runs/s, and it moves less than the
+rates when other work shares the machine.
 Uses the embedded defaults (SQLite, filesystem broker) in a temporary folder
 unless DATABASE_URL / CELERY_BROKER_URL are set.
 
@@ -17,6 +20,7 @@ unless DATABASE_URL / CELERY_BROKER_URL are set.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -30,7 +34,7 @@ from celery import shared_task
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import emit, ensure_database  # noqa: E402
+from _common import cpu_seconds, emit, ensure_database  # noqa: E402
 
 
 @shared_task(name="bench.noop", acks_late=True)
@@ -198,8 +202,11 @@ def main() -> None:
     try:
         bench_baseline(2, args.personas)  # warm up both paths
         bench_pipeline(2, args.personas)
+        cpu = [cpu_seconds(worker.pid)]
         base = bench_baseline(args.runs, args.personas)
+        cpu.append(cpu_seconds(worker.pid))
         pipe = bench_pipeline(args.runs, args.personas)
+        cpu.append(cpu_seconds(worker.pid))
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(30)
@@ -215,31 +222,46 @@ def main() -> None:
         f"db={settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} "
         f"runs={args.runs} steps/run={steps} concurrency={args.concurrency}"
     )
-    print(f"{'':28} {'runs/s':>8} {'ms/step':>8}")
-    for label, rps, secs in (
-        ("no-op chain + chord", base_rps, base),
-        ("consensus pipeline", pipe_rps, pipe),
+    # The worker's CPU between the phases' starts and ends, per run (the last
+    # task's few lines after its run finished fall into the next phase).
+    base_cpu, pipe_cpu = (
+        (b - a) * 1000 / args.runs for a, b in itertools.pairwise(cpu)
+    )
+    print(f"{'':28} {'runs/s':>8} {'ms/step':>8} {'worker CPU ms/run':>18}")
+    for label, rps, secs, cpu_ms in (
+        ("no-op chain + chord", base_rps, base, base_cpu),
+        ("consensus pipeline", pipe_rps, pipe, pipe_cpu),
     ):
-        print(f"{label:28} {rps:8.2f} {secs / args.runs / steps * 1000:8.1f}")
+        print(
+            f"{label:28} {rps:8.2f} {secs / args.runs / steps * 1000:8.1f}"
+            f" {cpu_ms:18.1f}"
+        )
     print(f"{'orchestration overhead/step':28} {'':>8} {per_step:8.1f}")
     verdict = "OK" if ratio >= 0.5 else "BELOW TARGET"
     print(f"ratio pipeline/baseline = {ratio:.2f} (target >= 0.5) {verdict}")
+    same_shape = "no-op chain + chord, same shape"
     emit(
         bench="pipeline",
         figure="consensus runs (expand, reviews, aggregate)",
         value=pipe_rps,
         unit="runs/s",
-        baseline="no-op chain + chord, same shape",
+        baseline=same_shape,
         baseline_value=base_rps,
         target=0.5,
     )
-    emit(
-        bench="pipeline",
-        figure="orchestration overhead per step",
-        value=per_step,
-        unit="ms",
-        better="lower",
-    )
+    for figure, value, baseline, baseline_value in (
+        ("orchestration overhead per step", per_step, None, None),
+        ("worker CPU per run", pipe_cpu, same_shape, base_cpu),
+    ):
+        emit(
+            bench="pipeline",
+            figure=figure,
+            value=value,
+            unit="ms",
+            baseline=baseline,
+            baseline_value=baseline_value,
+            better="lower",
+        )
 
 
 if __name__ == "__main__":

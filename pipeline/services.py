@@ -211,6 +211,14 @@ def run_aggregate(
         ref=f"run:{run.pk}:{AGGREGATE}",
         deadline=deadline,
     )
+    result = {
+        "consensus": answer.data,
+        "brief": brief,
+        "reviews": ok,
+        "failed_reviews": failed,
+    }
+    # The step's outcome and the run's end together (one statement on
+    # PostgreSQL): the run closes only if this attempt still held the step.
     if not _finish(
         step,
         attempt,
@@ -219,26 +227,18 @@ def run_aggregate(
         error="",
         provider=answer.provider,
         model=answer.model,
+        close={
+            "status": Run.Status.PARTIAL if failed else Run.Status.SUCCEEDED,
+            "result": result,
+            "error": f"{len(failed)} review(s) failed" if failed else "",
+            "context": {"failed": failed} if failed else {},
+        },
     ):
         logger.info(
             "idempotent_skip run=%s step=%s reason=claim-lost", run.pk, AGGREGATE
         )
         step.refresh_from_db()
         return Outcome("done", status=step.status)
-    logger.info("step_completed run=%s step=%s attempt=%s", run.pk, AGGREGATE, attempt)
-    result = {
-        "consensus": answer.data,
-        "brief": brief,
-        "reviews": ok,
-        "failed_reviews": failed,
-    }
-    run_finish(
-        run_id=run.pk,
-        status=Run.Status.PARTIAL if failed else Run.Status.SUCCEEDED,
-        result=result,
-        error=f"{len(failed)} review(s) failed" if failed else "",
-        context={"failed": failed} if failed else {},
-    )
     return Outcome("done", status=StepProgress.Status.SUCCEEDED, output=answer.data)
 
 
@@ -261,12 +261,7 @@ def run_finish(
     now = timezone.now()
     with transaction.atomic():
         if not queries.run_close(
-            run_id,
-            status=status,
-            result=result,
-            error=error[:2000],
-            context=context or {},
-            finished=now,
+            run_id, finished=now, **run_close_values(status, result, error, context)
         ):
             return False
         queries.run_steps_close(
@@ -284,11 +279,31 @@ def run_finish(
                 error=step_error,
                 finished=now,
             )
+    run_finished_log(run_id=run_id, status=status, error=error)
+    return True
+
+
+def run_close_values(
+    status: str,
+    result: Any = None,
+    error: str = "",
+    context: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return what closing a run writes (queries.run_close's arguments)."""
+    return {
+        "status": status,
+        "result": result,
+        "error": error[:2000],
+        "context": context or {},
+    }
+
+
+def run_finished_log(*, run_id: Any, status: str, error: str) -> None:
+    """Log the end of a run: job_completed, or job_failed with its error."""
     if status in (Run.Status.SUCCEEDED, Run.Status.PARTIAL):
         logger.info("job_completed run=%s status=%s", run_id, status)
     else:
         logger.error("job_failed run=%s status=%s error=%s", run_id, status, error)
-    return True
 
 
 def run_cancel(*, run: Run) -> bool:

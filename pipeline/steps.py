@@ -13,11 +13,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from vocoeng.models import Tenant
@@ -75,6 +76,25 @@ def min_reviews(total: int) -> int:
     return min(configured, total)
 
 
+def _claim_request(name: str) -> queries.Claim:
+    """Return the claim of step ``name``, with what it needs (_dependency_state)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=step_hard_limit())
+    if name.startswith(REVIEW_PREFIX):
+        return queries.Claim(name, now, stale, succeeded=EXPAND)
+    if name == AGGREGATE:
+        return queries.Claim(name, now, stale, unfinished_prefix=REVIEW_PREFIX)
+    return queries.Claim(name, now, stale)
+
+
+def _claimed(step: StepProgress, attempt: int, now: datetime) -> None:
+    step.attempts, step.status, step.started_at = (
+        attempt,
+        StepProgress.Status.RUNNING,
+        now,
+    )
+
+
 def _claim(step: StepProgress) -> int | None:
     """Claim ``step`` and return the attempt number, or None when not claimable."""
     now = timezone.now()
@@ -82,26 +102,65 @@ def _claim(step: StepProgress) -> int | None:
         step.pk, now=now, stale=now - timedelta(seconds=step_hard_limit())
     )
     if attempt is not None:
-        step.attempts, step.status, step.started_at = (
-            attempt,
-            StepProgress.Status.RUNNING,
-            now,
-        )
+        _claimed(step, attempt, now)
     return attempt
 
 
-def _finish(step: StepProgress, attempt: int, *, status: str, **fields: Any) -> bool:
-    """Write the step's outcome if this attempt still holds the claim."""
+def _finish(
+    step: StepProgress,
+    attempt: int,
+    *,
+    status: str,
+    close: dict[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """Write the step's outcome if this attempt still holds the claim.
+
+    ``close``: then also finish the run (services.run_finish's arguments), in
+    the same statement on PostgreSQL.
+    """
+    from . import services
+
     now = timezone.now()
     started = step.started_at or now
-    return queries.step_write(
+    values = {
+        "status": status,
+        "finished": now,
+        "duration_ms": int((now - started).total_seconds() * 1000),
+        **fields,
+    }
+    if close is None:
+        return queries.step_write(step.pk, attempt, **values)
+    if connection.vendor != "postgresql":
+        if not queries.step_write(step.pk, attempt, **values):
+            return False
+        _completed(step, attempt, status)
+        services.run_finish(run_id=step.run_id, **close)
+        return True
+    written, closed = queries.step_write_run_close(
         step.pk,
         attempt,
-        status=status,
-        finished=now,
-        duration_ms=int((now - started).total_seconds() * 1000),
-        **fields,
+        step=values,
+        run={
+            "run_id": step.run_id,
+            "finished": now,
+            **services.run_close_values(**close),
+        },
     )
+    if written:
+        _completed(step, attempt, status)
+    if closed:
+        services.run_finished_log(
+            run_id=step.run_id, status=close["status"], error=close["error"]
+        )
+    return written
+
+
+def _completed(step: StepProgress, attempt: int, status: str) -> None:
+    if status == StepProgress.Status.SUCCEEDED:
+        logger.info(
+            "step_completed run=%s step=%s attempt=%s", step.run_id, step.name, attempt
+        )
 
 
 def _mark_run_running(run: Run) -> None:
@@ -111,26 +170,26 @@ def _mark_run_running(run: Run) -> None:
         logger.info("job_started run=%s attempt=%s", run.pk, run.attempts)
 
 
-def _dependency_state(name: str, steps: dict[str, StepProgress]) -> tuple[str, Any]:
+def _dependency_state(name: str, steps: dict[str, StepProgress]) -> str:
     """Return ``ready``, ``wait`` or ``blocked`` for the steps ``name`` needs.
 
-    For a review, also return the brief (the expand step's output) it reads.
+    queries.Claim states the same conditions in SQL (_claim_request).
     """
     if name == EXPAND:
-        return "ready", None
+        return "ready"
     if name.startswith(REVIEW_PREFIX):
         expand = steps.get(EXPAND)
         if expand is None:
-            return "blocked", None
+            return "blocked"
         if expand.status == StepProgress.Status.SUCCEEDED:
-            return "ready", expand.output
-        return ("blocked" if expand.status in StepProgress.FINISHED else "wait"), None
+            return "ready"
+        return "blocked" if expand.status in StepProgress.FINISHED else "wait"
     unfinished = [
         s
         for n, s in steps.items()
         if n.startswith(REVIEW_PREFIX) and s.status not in StepProgress.FINISHED
     ]
-    return ("wait" if unfinished else "ready"), None
+    return "wait" if unfinished else "ready"
 
 
 def _needs(name: str) -> list[str] | None:
@@ -142,13 +201,14 @@ def _needs(name: str) -> list[str] | None:
     return None  # aggregate: the brief and every review
 
 
-def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
-    """Run step ``name`` of run ``run_id`` once, unless it is done or held."""
-    from . import services  # run-level writes; services imports this module
-
-    # One query for the run, its tenant's limits, the step and what it reads.
-    run, limited, steps = queries.step_context(run_id, _needs(name))
-    step = steps.get(name)
+def _not_runnable(
+    run_id: Any,
+    name: str,
+    run: Run | None,
+    step: StepProgress | None,
+    steps: dict[str, StepProgress],
+) -> Outcome | None:
+    """Return why step ``name`` is not to run now, as read; None: claim it."""
     if run is None:
         logger.warning(
             "idempotent_skip run=%s step=%s reason=no-such-run", run_id, name
@@ -169,23 +229,50 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
             "idempotent_skip run=%s step=%s run_status=%s", run.pk, name, run.status
         )
         return Outcome("done", status="skipped", error=f"run is {run.status}")
-    dependency, brief = _dependency_state(name, steps)
+    dependency = _dependency_state(name, steps)
     if dependency == "wait":
         return Outcome("wait")
     if dependency == "blocked":
         return Outcome("done", status="skipped", error="expand did not succeed")
-    attempt = _claim(step)
-    if attempt is None:
-        step.refresh_from_db()
-        if step.status in StepProgress.FINISHED:
-            logger.info(
-                "idempotent_skip run=%s step=%s reason=finished-meanwhile",
-                run.pk,
-                name,
-            )
-            return Outcome("done", status=step.status, output=step.output)
-        return Outcome("wait")  # held by another worker: look again later
-    _mark_run_running(run)
+    return None
+
+
+def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
+    """Run step ``name`` of run ``run_id`` once, unless it is done or held."""
+    from . import services  # run-level writes; services imports this module
+
+    # One query for the run, its tenant's limits, the step and what it reads;
+    # on PostgreSQL the same statement claims the step when it may run.
+    claim = _claim_request(name)
+    run, limited, steps, claimed = queries.step_context(
+        run_id, _needs(name), claim=claim
+    )
+    step = steps.get(name)
+    if claimed is not None and run is not None and step is not None:
+        attempt, started = claimed
+        _claimed(step, attempt, claim.now)
+        if started:
+            logger.info("job_started run=%s attempt=%s", run.pk, run.attempts)
+    else:
+        outcome = _not_runnable(run_id, name, run, step, steps)
+        if outcome is not None:
+            return outcome
+        assert run is not None and step is not None  # _not_runnable checked
+        # Claimable as read: claim it now (SQLite; or, on PostgreSQL, the
+        # step changed after the read).
+        attempt = _claim(step)
+        if attempt is None:
+            step.refresh_from_db()
+            if step.status in StepProgress.FINISHED:
+                logger.info(
+                    "idempotent_skip run=%s step=%s reason=finished-meanwhile",
+                    run.pk,
+                    name,
+                )
+                return Outcome("done", status=step.status, output=step.output)
+            return Outcome("wait")  # held by another worker: look again later
+        _mark_run_running(run)
+    brief = steps[EXPAND].output if name.startswith(REVIEW_PREFIX) else None
     logger.info("step_started run=%s step=%s attempt=%s", run.pk, name, attempt)
     deadline = time.monotonic() + settings.WORKER_STEP_TIMEOUT_SECONDS
     # The tenant row only for a tenant with a budget or a cap (its spend guard).
@@ -215,7 +302,7 @@ def step_execute(*, run_id: Any, name: str, failures: int = 0) -> Outcome:
         logger.info("idempotent_skip run=%s step=%s reason=claim-lost", run.pk, name)
         step.refresh_from_db()
         return Outcome("done", status=step.status, output=step.output)
-    logger.info("step_completed run=%s step=%s attempt=%s", run.pk, name, attempt)
+    _completed(step, attempt, StepProgress.Status.SUCCEEDED)
     return Outcome("done", status=StepProgress.Status.SUCCEEDED, output=output)
 
 

@@ -11,7 +11,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import jsonschema
@@ -19,7 +18,6 @@ import jsonschema
 from conversations import providers
 from conversations.budget import BudgetExceeded, SpendGuard
 from conversations.providers import AIUnavailable, Attempt, ChatTurn, Completion
-from conversations.services import ai_call_record
 from vocoeng.models import Tenant
 
 from . import prompts, queries
@@ -92,17 +90,12 @@ def _recorder(
     """Return an on_attempt callback writing the ledger row and step usage."""
 
     def record(attempt: Attempt) -> None:
-        tokens = attempt.prompt_tokens + attempt.completion_tokens
         if guard is not None:
             guard.after(attempt)  # completes the row it admitted the attempt with
+            queries.step_add_usage(step_id, attempt)
         else:
-            ai_call_record(attempt=attempt, ref=ref, tenant_id=tenant_id)
-        if tokens or attempt.cost:
-            queries.step_add_usage(
-                step_id,
-                attempt.prompt_tokens,
-                attempt.completion_tokens,
-                Decimal(attempt.cost),
+            queries.step_attempt_record(
+                step_id, attempt=attempt, ref=ref, tenant_id=tenant_id
             )
 
     return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -121,6 +122,73 @@ def test_a_review_before_its_brief_waits(scripted) -> None:
     run = _run()
     assert steps.step_execute(run_id=run.pk, name="review:optimist").action == "wait"
     assert model.seen == []
+
+
+def test_a_step_that_must_wait_or_cannot_run_is_not_claimed(scripted) -> None:
+    scripted(garbage={"expand"})
+    run = _run()
+
+    def untouched(name: str) -> bool:
+        step = run.steps.get(name=name)
+        return step.status == "pending" and step.attempts == 0
+
+    assert steps.step_execute(run_id=run.pk, name="review:optimist").action == "wait"
+    assert steps.step_execute(run_id=run.pk, name="aggregate").action == "wait"
+    assert untouched("review:optimist") and untouched("aggregate")
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED and run.started_at is None
+    assert steps.step_execute(run_id=run.pk, name="expand").status == "failed"
+    blocked = steps.step_execute(run_id=run.pk, name="review:optimist")
+    assert blocked.status == "skipped"
+    assert run.steps.get(name="review:optimist").attempts == 0
+
+
+def test_the_first_claimed_step_starts_the_run(scripted) -> None:
+    scripted()
+    run = _run()
+    assert steps.step_execute(run_id=run.pk, name="expand").status == "succeeded"
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING and run.started_at is not None
+    started = run.started_at
+    steps.step_execute(run_id=run.pk, name="review:optimist")
+    run.refresh_from_db()
+    assert run.started_at == started
+
+
+def test_a_failed_model_attempt_is_in_the_ledger_without_usage(scripted) -> None:
+    scripted(fail={"expand"})
+    run = _run()
+    assert steps.step_execute(run_id=run.pk, name="expand").status == "failed"
+    calls = AICall.objects.filter(ref=f"run:{run.pk}:expand")
+    assert calls.exists()  # each provider's attempt (the fallback's too)
+    for call in calls:
+        assert call.status == AICall.Status.FAILED
+        assert call.tenant_id == run.tenant_id and call.http_status == 500
+        assert call.total_tokens == 0 and call.created_at is not None
+    step = run.steps.get(name="expand")
+    assert (step.total_tokens, step.cost) == (0, 0)
+
+
+def test_an_aggregate_that_lost_its_claim_does_not_finish_the_run(scripted) -> None:
+    scripted()
+    run = _run()
+    for name in services.step_names(PERSONAS)[:-1]:
+        steps.step_execute(run_id=run.pk, name=name)
+    aggregate = run.steps.get(name="aggregate")
+    # Claimed by attempt 1, then retaken by attempt 2 (a stale claim).
+    run.steps.filter(pk=aggregate.pk).update(status="running", attempts=2)
+    close = {"status": Run.Status.SUCCEEDED, "result": {"x": 1}, "error": ""}
+    assert not steps._finish(
+        aggregate, 1, status="succeeded", output={"x": 1}, close=close
+    )
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING and run.result is None
+    assert run.steps.get(name="aggregate").status == "running"
+    assert steps._finish(aggregate, 2, status="succeeded", output={"x": 1}, close=close)
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED and run.result == {"x": 1}
+    assert run.finished_at is not None
+    assert run.total_tokens == sum(s.total_tokens for s in run.steps.all()) > 0
 
 
 def test_all_but_one_review_is_enough_and_the_run_is_partial(scripted) -> None:
@@ -257,3 +325,69 @@ def test_a_tenant_with_a_budget_runs_every_step_through_its_spend_guard(
         )
     assert run.total_tokens == sum(s.total_tokens for s in run.steps.all()) > 0
     assert run.cost == sum(s.cost for s in run.steps.all())
+
+
+def _claim_expand(run: Run) -> Callable[[], bool]:
+    return lambda: (
+        steps.step_execute(run_id=run.pk, name="expand").status == "succeeded"
+    )
+
+
+def _finish_aggregate(run: Run) -> Callable[[], bool]:
+    for name in services.step_names(PERSONAS)[:-1]:
+        steps.step_execute(run_id=run.pk, name=name)
+    aggregate = run.steps.get(name="aggregate")
+    run.steps.filter(pk=aggregate.pk).update(status="running", attempts=1)
+    close = {"status": Run.Status.SUCCEEDED, "result": {"x": 1}}
+    return lambda: steps._finish(aggregate, 1, status="succeeded", close=close)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepare", [_claim_expand, _finish_aggregate])
+def test_a_folded_write_waits_for_a_run_being_cancelled_without_deadlock(
+    scripted, prepare
+) -> None:
+    """A folded statement locks the run's row before its steps', as cancel does."""
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    from conftest import database_url, wait_for
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the folded statements are PostgreSQL's; SQLite has one writer")
+    scripted()
+    run = _run()
+    write = prepare(run)  # everything before the write, committed
+    done = []
+
+    def in_worker() -> None:
+        try:
+            done.append(write())
+        finally:
+            connection.close()
+
+    with psycopg.connect(database_url()) as cancel:
+        # run_finish's order for a cancel: the run, then its steps.
+        cancel.execute(
+            "UPDATE pipeline_run SET status = 'cancelled' WHERE id = %s", [run.pk]
+        )
+        worker = threading.Thread(target=in_worker)
+        worker.start()
+        wait_for(
+            lambda: cancel.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()[0]
+        )
+        cancel.execute(
+            "UPDATE pipeline_stepprogress SET status = 'skipped'"
+            " WHERE run_id = %s AND status IN ('pending', 'running')",
+            [run.pk],
+        )
+        cancel.commit()
+        worker.join(30)
+    assert done == [False]  # the cancel won; the late write changed nothing
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED and run.result is None
