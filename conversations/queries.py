@@ -193,10 +193,13 @@ def _claim_read_sql(vendor: str) -> str:
 def message_claim_read(
     message_id: Any, *, now: datetime, stale_before: datetime
 ) -> Message | None:
-    """Claim the message as :func:`message_claim` does and return it as
-    :func:`message_for_reply` does (as claimed), or None when not claimed.
+    """Claim an inbound message and return it as :func:`message_for_reply`
+    does (as claimed), or None when it is not claimed.
 
-    One round trip on PostgreSQL (a data-modifying WITH); two elsewhere.
+    Claimed: received, or processing since before ``stale_before`` (a worker
+    died mid-call and its claim is older than the hard time limit); it is
+    then processing since ``now``. One round trip on PostgreSQL (a
+    data-modifying WITH); two elsewhere.
     """
     params = _claim_params(message_id, now, stale_before)
     if connection.vendor != "postgresql":
