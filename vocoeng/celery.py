@@ -92,7 +92,8 @@ def gc_freeze(**_: Any) -> None:
     Measured in the ``ai`` worker draining 500 replies (bench/ai_fanout.py):
     its one full collection stopped all 100 threads for 150 ms; frozen, 56 ms.
     (Sent in a thread pool's worker once it is ready, and in every prefork
-    child once it has started.)
+    child once it has started; ``manage.py pubsub_bridge`` calls it before
+    pulling.)
     """
     gc.collect()
     gc.freeze()

