@@ -264,20 +264,24 @@ def reply_recorded(
     """Mark ``inbound`` with ``status`` (and ``error``) and count the reply
     ``text`` on its conversation: the two UPDATEs that follow a stored reply."""
     status_only, with_error, counters = _reply_updates_sql(connection.vendor)
-    pk = db_value(Message, "id", inbound.pk)
+    mark, count = _reply_updates_params(inbound, status, error, text, now)
     with connection.cursor() as cursor:
-        if error is None:
-            cursor.execute(status_only, [status, pk])
-        else:
-            cursor.execute(with_error, [status, error, pk])
-        cursor.execute(
-            counters,
-            [
-                text,
-                db_value(Conversation, "last_activity", now),
-                inbound.conversation_id,
-            ],
-        )
+        cursor.execute(status_only if error is None else with_error, mark)
+        cursor.execute(counters, count)
+
+
+def _reply_updates_params(
+    inbound: Message, status: str, error: str | None, text: str, now: datetime
+) -> tuple[list[Any], list[Any]]:
+    """The values of the mark and counters UPDATEs (``_reply_updates_sql``)."""
+    pk = db_value(Message, "id", inbound.pk)
+    mark = [status, pk] if error is None else [status, error, pk]
+    count = [
+        text,
+        db_value(Conversation, "last_activity", now),
+        inbound.conversation_id,
+    ]
+    return mark, count
 
 
 @functools.cache
@@ -323,14 +327,8 @@ def reply_write(
                 row_insert(call)
         return
     _, message_fields, _ = insert_plan(Message, connection.vendor)
-    pk = db_value(Message, "id", inbound.pk)
-    params = [
-        *insert_params(reply, message_fields),
-        *((status, pk) if error is None else (status, error, pk)),
-        reply.content,
-        db_value(Conversation, "last_activity", now),
-        inbound.conversation_id,
-    ]
+    mark, count = _reply_updates_params(inbound, status, error, reply.content, now)
+    params = [*insert_params(reply, message_fields), *mark, *count]
     if calls:
         _, call_fields, _ = insert_plan(AICall, connection.vendor)
         for call in calls:
