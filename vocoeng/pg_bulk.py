@@ -1,12 +1,12 @@
 """Run batch statements on PostgreSQL with the parameters bound by the server.
 
-Django's psycopg backend binds parameters on the client: for a 200-row
-``INSERT ... VALUES`` that is Python quoting of every value and a parse of a
-query text that changes with the row count (profiled in the bridge: ~13% of
-its time). The batch paths here send one fixed statement whose parameters are
-arrays (``unnest(%s::text[], ...)``), bound by the server on a plain psycopg
-cursor of Django's own connection, so they run in Django's transaction and
-their errors come out as ``django.db`` errors.
+A 200-row ``INSERT ... VALUES`` is a query text that changes with the row
+count, and with Django's client-side binding (``DB_PREPARED_STATEMENTS=0``)
+Python quoting of every value (profiled in the bridge: ~13% of its time). The
+batch paths here send one fixed statement whose rows are one JSON parameter
+(:func:`json_rows`), bound by the server on a plain psycopg cursor of
+Django's own connection, so they run in Django's transaction and their errors
+come out as ``django.db`` errors.
 """
 
 from __future__ import annotations
