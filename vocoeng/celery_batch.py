@@ -313,3 +313,16 @@ def publish_many(
         with producer.connection._reraise_as_library_errors():
             channel.push_many(pushes)
     return task_ids
+
+
+def publish_batch(
+    items: Sequence[tuple[Signature, Mapping[str, Any]]], *, producer: Any
+) -> list[str]:
+    """:func:`publish_many` inside one batch of ``producer`` (one pipeline on
+    Redis), sized for the messages and flushed before returning: a broker
+    error is raised here, not at some later publish."""
+    # Up to four transport operations a message, and a few for the batch.
+    with producer.batch(max_size=4 * len(items) + 4) as batch:
+        task_ids = publish_many(items, producer=producer)
+        batch.flush()
+    return task_ids

@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from vocoeng import correlation
 from vocoeng.celery import app
-from vocoeng.celery_batch import publish_many
+from vocoeng.celery_batch import publish_batch
 from vocoeng.sql import rows_insert
 
 from .models import WebhookDelivery
@@ -188,9 +188,7 @@ def _enqueue(batch: Sequence[_Waiter]) -> None:
         for w in batch
     ]
     with _producer() as producer:
-        with producer.batch(max_size=4 * len(items) + 4) as published:
-            publish_many(items, producer=producer)
-            published.flush()
+        publish_batch(items, producer=producer)
 
 
 _held_lock = threading.Lock()

@@ -23,7 +23,7 @@ from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as BrokerError
 
 from vocoeng.celery import app
-from vocoeng.celery_batch import publish_many
+from vocoeng.celery_batch import publish_batch
 from vocoeng.correlation import headers_for
 from vocoeng.routing import PermanentMessageError, decode_json, route_messages
 
@@ -201,9 +201,7 @@ def enqueue_many(
             with app.producer_or_acquire() as producer:
                 _shared.producer = producer
                 try:
-                    with producer.batch(max_size=4 * len(signatures) + 4) as batch:
-                        task_ids = publish_many(items, producer=producer)
-                        batch.flush()
+                    task_ids = publish_batch(items, producer=producer)
                 finally:
                     _shared.producer = None
             return task_ids
