@@ -110,14 +110,15 @@ def ai_call_record(
     message: Message | None = None,
 ) -> AICall:
     """Record one model attempt in the usage ledger (chat replies and pipeline)."""
-    call = _ai_call(attempt, ref, tenant_id, message)
+    call = ai_call_build(attempt, ref, tenant_id, message)
     row_insert(call)
     return call
 
 
-def _ai_call(
+def ai_call_build(
     attempt: Attempt, ref: str, tenant_id: int | None, message: Message | None
 ) -> AICall:
+    """Return the (unsaved) ledger row of one model attempt."""
     return AICall(
         tenant_id=tenant_id, message=message, ref=ref, **ledger_fields(attempt)
     )
@@ -230,7 +231,7 @@ def reply_generate(*, message_id: Any) -> Message | None:
             # Tool rounds make several successful calls; each is spend. (A
             # spend guard has ledgered them already.)
             calls=[
-                _ai_call(attempt, f"message:{inbound.id}", tenant_id, inbound)
+                ai_call_build(attempt, f"message:{inbound.id}", tenant_id, inbound)
                 for attempt in (completion.attempts if guard is None else ())
                 if attempt.ok
             ],

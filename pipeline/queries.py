@@ -20,7 +20,6 @@ run of three reviews on PostgreSQL, 24 on SQLite).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,13 +28,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Field, Model
-from django.utils import timezone
+from django.db.models import Model
 
-from conversations.budget import ledger_fields
 from conversations.models import AICall
 from conversations.providers import Attempt
-from conversations.services import ai_call_record
+from conversations.services import ai_call_build, ai_call_record
 from vocoeng import sql
 from vocoeng.models import Tenant
 
@@ -320,17 +317,6 @@ def step_add_usage(step_id: int, attempt: Attempt) -> None:
         sql.rowcount(_USAGE, _usage_params(step_id, attempt))
 
 
-@functools.cache
-def _ledger_insert() -> tuple[str, list[Field]]:
-    fields = [f for f in AICall._meta.concrete_fields if not f.primary_key]
-    return (
-        f'INSERT INTO "{AICall._meta.db_table}"'  # noqa: S608 - our names
-        f" ({', '.join(sql.quote(f.column) for f in fields)})"
-        f" VALUES ({', '.join(['%s'] * len(fields))})",
-        fields,
-    )
-
-
 def step_attempt_record(
     step_id: int, *, attempt: Attempt, ref: str, tenant_id: int | None
 ) -> None:
@@ -343,20 +329,9 @@ def step_attempt_record(
         ai_call_record(attempt=attempt, ref=ref, tenant_id=tenant_id)
         step_add_usage(step_id, attempt)
         return
-    insert, fields = _ledger_insert()
-    # The values ai_call_record gives the row (created_at: auto_now_add).
-    values = {
-        "tenant_id": tenant_id,
-        "ref": ref,
-        "created_at": timezone.now(),
-        **ledger_fields(attempt),
-    }
-    params = [
-        f.get_db_prep_save(
-            values[f.attname] if f.attname in values else f.get_default(), connection
-        )
-        for f in fields
-    ]
+    # The row ai_call_record inserts, as one statement with the usage.
+    insert, fields, _ = sql.insert_plan(AICall, connection.vendor)
+    params = sql.insert_params(ai_call_build(attempt, ref, tenant_id, None), fields)
     if _has_usage(attempt):
         sql.rowcount(
             f'WITH "call" AS ({insert}) {_USAGE}',
