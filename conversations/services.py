@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from vocoeng import bus
 from vocoeng.channels import agent_for
+from vocoeng.cpu_slots import cpu_slot
 from vocoeng.limits import rate_limit_parse
 from vocoeng.models import Channel, Tenant
 
@@ -156,32 +157,35 @@ def reply_generate(*, message_id: Any) -> Message | None:
     None when another worker holds the message or it failed; a failure is
     recorded on the message with its reason.
     """
-    # Claim first, reading the message with its conversation, tenant and
-    # channel as claimed (one statement on PostgreSQL); the reply check below
-    # is only paid by duplicates.
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
-    inbound = message_claim_read(message_id, now=now, stale_before=stale)
-    if inbound is None:
-        inbound = Message.objects.select_related("conversation").get(pk=message_id)
-        existing = Message.objects.filter(reply_to=inbound).first()
-        if existing is not None:
-            logger.info("idempotent_skip message=%s reply=%s", inbound.id, existing.id)
-            get_store().record_exchange(inbound=inbound, reply=existing)
-            return existing
-        logger.info("idempotent_skip message=%s status=%s", inbound.id, inbound.status)
-        return None
-    started = time.monotonic()
+    # The database work before and after the model call runs in a CPU slot
+    # (vocoeng/cpu_slots.py): the ai worker's threads go through it a few at a
+    # time instead of slicing the GIL between all of them.
     store = get_store()
-    tenant_id = inbound.conversation.tenant_id
-    agent = agent_for(inbound.conversation.account)
-    guard = SpendGuard.for_tenant(
-        tenant=inbound.conversation.tenant,
-        ref=f"message:{inbound.id}",
-        message=inbound,
-        conversation_id=inbound.conversation_id,
-        release=_release_db_connection,
-    )
+    history: list[ChatTurn] | None = None
+    with cpu_slot():
+        # Claim first, reading the message with its conversation, tenant and
+        # channel as claimed (one statement on PostgreSQL); the reply check
+        # below is only paid by duplicates.
+        now = timezone.now()
+        stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+        inbound = message_claim_read(message_id, now=now, stale_before=stale)
+        if inbound is None:
+            return _reply_existing(message_id)
+        started = time.monotonic()
+        tenant_id = inbound.conversation.tenant_id
+        agent = agent_for(inbound.conversation.account)
+        guard = SpendGuard.for_tenant(
+            tenant=inbound.conversation.tenant,
+            ref=f"message:{inbound.id}",
+            message=inbound,
+            conversation_id=inbound.conversation_id,
+            release=_release_db_connection,
+        )
+        if not store.remote:
+            history = _history_read(store, inbound, agent.history_length)
+        _release_db_connection()
+    if history is None:  # a round trip to another service: outside the slot
+        history = _history_read(store, inbound, agent.history_length)
 
     def record_failure(attempt: Attempt) -> None:
         # Failed attempts are written at once (the ledger must show them even
@@ -193,12 +197,9 @@ def reply_generate(*, message_id: Any) -> Message | None:
             _record_attempt(inbound, tenant_id, attempt)
 
     try:
-        history = store.history(inbound=inbound, limit=agent.history_length)
-        turns = [*history, ChatTurn(role="user", content=inbound.content)]
-        _release_db_connection()
         completion = agent_generate(
             system=agent.system_prompt,
-            messages=turns,
+            messages=[*history, ChatTurn(role="user", content=inbound.content)],
             tools=agent.tools,
             tenant_id=tenant_id,
             agent_id=agent.agent_id,
@@ -210,10 +211,6 @@ def reply_generate(*, message_id: Any) -> Message | None:
         )
     except BudgetExceeded as exc:
         return _reply_over_budget(inbound, exc.reason)
-    except StoreError:
-        # Put the claim back so the task's retry can take it again.
-        Message.objects.filter(pk=inbound.pk).update(status=Message.Status.RECEIVED)
-        raise
     except AIUnavailable as exc:
         Message.objects.filter(pk=inbound.pk).update(
             status=Message.Status.FAILED, error=str(exc)[:2000]
@@ -222,35 +219,39 @@ def reply_generate(*, message_id: Any) -> Message | None:
         return None
     elapsed_ms = int((time.monotonic() - started) * 1000)
 
-    try:
-        # The one-to-one reply_to is the guard: a racing duplicate loses here.
-        reply = _reply_store(
-            inbound=inbound,
-            text=completion.text,
-            inbound_status=Message.Status.REPLIED,
-            # Tool rounds make several successful calls; each is spend. (A
-            # spend guard has ledgered them already.)
-            calls=[
-                ai_call_build(attempt, f"message:{inbound.id}", tenant_id, inbound)
-                for attempt in (completion.attempts if guard is None else ())
-                if attempt.ok
-            ],
-            provider=completion.provider,
-            model=completion.model,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            total_tokens=completion.total_tokens,
-            cost=completion.cost,
-            processing_time_ms=elapsed_ms,
-            metadata={"attempts": len(completion.attempts)},
-        )
-    except IntegrityError:
-        reply = Message.objects.get(reply_to=inbound)
-        logger.info("idempotent_skip message=%s reply=%s", inbound.id, reply.id)
-        return reply
-    # Back to the pool now, not after the log line and Celery's bookkeeping:
-    # 100 threads share DB_POOL_MAX_SIZE connections.
+    # Never wait for a slot holding a pooled connection (a spend guard's or a
+    # tool's queries may have taken one): the slot holders may need it.
     _release_db_connection()
+    with cpu_slot():
+        try:
+            # The one-to-one reply_to is the guard: a racing duplicate loses here.
+            reply = _reply_store(
+                inbound=inbound,
+                text=completion.text,
+                inbound_status=Message.Status.REPLIED,
+                # Tool rounds make several successful calls; each is spend. (A
+                # spend guard has ledgered them already.)
+                calls=[
+                    ai_call_build(attempt, f"message:{inbound.id}", tenant_id, inbound)
+                    for attempt in (completion.attempts if guard is None else ())
+                    if attempt.ok
+                ],
+                provider=completion.provider,
+                model=completion.model,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                total_tokens=completion.total_tokens,
+                cost=completion.cost,
+                processing_time_ms=elapsed_ms,
+                metadata={"attempts": len(completion.attempts)},
+            )
+        except IntegrityError:
+            reply = Message.objects.get(reply_to=inbound)
+            logger.info("idempotent_skip message=%s reply=%s", inbound.id, reply.id)
+            return reply
+        # Back to the pool now, not after the log line and Celery's
+        # bookkeeping: 100 threads share DB_POOL_MAX_SIZE connections.
+        _release_db_connection()
     store.record_exchange(inbound=inbound, reply=reply)
     logger.info(
         "reply_generated message=%s reply=%s provider=%s model=%s tokens=%s ms=%s",
@@ -262,6 +263,33 @@ def reply_generate(*, message_id: Any) -> Message | None:
         elapsed_ms,
     )
     return reply
+
+
+def _reply_existing(message_id: Any) -> Message | None:
+    """Return the reply of a message that could not be claimed, if it has one.
+
+    A duplicate delivery of an answered message gets the existing reply (its
+    exchange recorded again, which stores make idempotent); a message another
+    worker holds, or one that failed, gets None.
+    """
+    inbound = Message.objects.select_related("conversation").get(pk=message_id)
+    existing = Message.objects.filter(reply_to=inbound).first()
+    if existing is not None:
+        logger.info("idempotent_skip message=%s reply=%s", inbound.id, existing.id)
+        get_store().record_exchange(inbound=inbound, reply=existing)
+        return existing
+    logger.info("idempotent_skip message=%s status=%s", inbound.id, inbound.status)
+    return None
+
+
+def _history_read(store: Any, inbound: Message, limit: int) -> list[ChatTurn]:
+    """Read the history for ``inbound``; on a store failure put the claim back."""
+    try:
+        return store.history(inbound=inbound, limit=limit)
+    except StoreError:
+        # Put the claim back so the task's retry can take it again.
+        Message.objects.filter(pk=inbound.pk).update(status=Message.Status.RECEIVED)
+        raise
 
 
 def _reply_store(

@@ -26,6 +26,11 @@ class ConversationStore(Protocol):
     written to.
     """
 
+    #: Whether history and exchanges travel to another service (a network
+    #: round trip). The reply task reads a local store's history while it
+    #: holds a CPU slot (vocoeng/cpu_slots.py), a remote one's after.
+    remote: bool
+
     def history(self, *, inbound: Message, limit: int) -> list[ChatTurn]:
         """Return up to ``limit`` turns before ``inbound``, oldest first."""
         ...

@@ -22,6 +22,8 @@ _HISTORY_STATUSES = (
 class DatabaseStore:
     """Read history from the Message table; the rows are the record."""
 
+    remote = False
+
     def history(self, *, inbound: Message, limit: int) -> list[ChatTurn]:
         if limit <= 0:
             return []

@@ -27,6 +27,8 @@ from .base import StoreError
 class FirestoreStore:
     """Read and write history in Firestore with the official client."""
 
+    remote = True
+
     def __init__(self, client: Any = None) -> None:
         self._client = client
         self._lock = threading.Lock()
