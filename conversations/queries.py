@@ -7,10 +7,12 @@ PostgreSQL: the claim, a filtered UPDATE, ~450 µs; the inbound message with
 its conversation, tenant and channel via select_related ~1,050 µs; the same
 statements here ~150-250 µs). Here they are written once per process: the
 claim with the read, the history, the reply's INSERT with its two UPDATEs and
-the usage rows. On PostgreSQL the claim and its read are one statement, and
-so is everything the reply writes (data-modifying WITHs): three round trips a
-reply instead of eight, each also a GIL hand-over among the worker's threads
-(bench/ai_fanout.py: 7.3 -> 5.9 ms of worker CPU per reply). Rows
+the usage rows. On PostgreSQL the claim, its read and the history are one
+statement, and so is everything the reply writes (data-modifying WITHs): two
+round trips a reply instead of eight, each also a GIL hand-over among the
+worker's threads (bench/ai_fanout.py: 7.3 -> 5.9 ms of worker CPU per reply
+with three; folding the history into the claim shortened the CPU slot the
+claim runs in, 0.61-0.70 -> 0.69-0.80 of ideal in interleaved runs). Rows
 come back through the same converters and ``Model.from_db`` the ORM uses, and
 values go in through the fields' own ``pre_save`` and adapters, so what is
 stored and built is what the ORM would store and build. Portable: PostgreSQL
@@ -51,14 +53,16 @@ _JOINED: tuple[tuple[type[Model], str], ...] = (
 )
 
 
-def _select_from(source: str, where: str) -> str:
+def _select_from(source: str, where: str, extra: str = "") -> str:
     """The message (read from ``source``, aliased m) with its conversation,
-    tenant and channel, ``where`` applied."""
+    tenant and channel, ``where`` applied; ``extra`` columns after them."""
     columns = ", ".join(
         f"{alias}.{quote(f.column)}"
         for model, alias in _JOINED
         for f in model._meta.concrete_fields
     )
+    if extra:
+        columns = f"{columns}, {extra}"
     message, conversation = Message._meta, Conversation._meta
 
     def pk(model: type[Model]) -> str:
@@ -184,14 +188,38 @@ def _claim_params(message_id: Any, now: datetime, stale_before: datetime) -> lis
 
 
 @functools.cache
-def _claim_read_sql(vendor: str) -> str:
+def _claim_read_sql(vendor: str, history_statuses: int) -> str:
+    """The claim and its read; with ``history_statuses``, two more columns:
+    the history length that applies (the channel's, else the default given)
+    and the history (:func:`_history_sql`'s rows, oldest first, as JSON)."""
+    extra = ""
+    if history_statuses:
+        limit = (
+            f"COALESCE(a.{quote(Channel._meta.get_field('history_length').column)}, %s)"
+        )
+        conversation = quote(Message._meta.get_field("conversation").column)
+        created, role, content = quote("created_at"), quote("role"), quote("content")
+        extra = (
+            f"{limit}, (SELECT COALESCE(json_agg(json_build_array(h.{role},"  # noqa: S608 - our names
+            f" h.{content}) ORDER BY h.{created}), '[]')"
+            f" FROM (SELECT {role}, {content}, {created}"
+            f" FROM {quote(Message._meta.db_table)}"
+            f" WHERE {conversation} = m.{conversation} AND {created} < m.{created}"
+            f" AND {quote('status')} IN ({', '.join(['%s'] * history_statuses)})"
+            f" ORDER BY {created} DESC LIMIT {limit}) h)"
+        )
     return f"WITH claimed AS ({_claim_sql(vendor)} RETURNING *) " + _select_from(
-        "claimed", ""
+        "claimed", "", extra
     )
 
 
 def message_claim_read(
-    message_id: Any, *, now: datetime, stale_before: datetime
+    message_id: Any,
+    *,
+    now: datetime,
+    stale_before: datetime,
+    history_statuses: Sequence[str] = (),
+    history_length: int = 0,
 ) -> Message | None:
     """Claim an inbound message and return it as :func:`message_for_reply`
     does (as claimed), or None when it is not claimed.
@@ -200,16 +228,31 @@ def message_claim_read(
     died mid-call and its claim is older than the hard time limit); it is
     then processing since ``now``. One round trip on PostgreSQL (a
     data-modifying WITH); two elsewhere.
+
+    With ``history_statuses`` (PostgreSQL), the same statement reads the
+    conversation's history as :func:`history_rows` would, for the channel's
+    history length (``history_length`` when the channel has none), and the
+    message carries it as ``history_prefetched``: ``(length, rows)``.
     """
     params = _claim_params(message_id, now, stale_before)
     if connection.vendor != "postgresql":
         if rowcount(_claim_sql(connection.vendor), params) != 1:
             return None
         return message_for_reply(message_id)
+    statuses = len(history_statuses)
+    if statuses:
+        params += [history_length, *history_statuses, history_length]
     with connection.cursor() as cursor:
-        cursor.execute(_claim_read_sql(connection.vendor), params)
+        cursor.execute(_claim_read_sql(connection.vendor, statuses), params)
         row = cursor.fetchone()
-    return None if row is None else _message_from_row(row)
+    if row is None:
+        return None
+    if not statuses:
+        return _message_from_row(row)
+    message = _message_from_row(row[:-2])
+    length, history = row[-2:]
+    message.history_prefetched = (length, [tuple(turn) for turn in history])
+    return message
 
 
 @functools.cache

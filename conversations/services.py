@@ -168,7 +168,14 @@ def reply_generate(*, message_id: Any) -> Message | None:
         # below is only paid by duplicates.
         now = timezone.now()
         stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
-        inbound = message_claim_read(message_id, now=now, stale_before=stale)
+        inbound = message_claim_read(
+            message_id,
+            now=now,
+            stale_before=stale,
+            # A database store's history comes with the claim (PostgreSQL).
+            history_statuses=getattr(store, "history_statuses", ()),
+            history_length=settings.AI_HISTORY_MESSAGES,
+        )
         if inbound is None:
             return _reply_existing(message_id)
         started = time.monotonic()

@@ -23,10 +23,18 @@ class DatabaseStore:
     """Read history from the Message table; the rows are the record."""
 
     remote = False
+    # The reply task's claim reads the history with these (PostgreSQL: one
+    # statement, conversations.queries.message_claim_read).
+    history_statuses = _HISTORY_STATUSES
 
     def history(self, *, inbound: Message, limit: int) -> list[ChatTurn]:
         if limit <= 0:
             return []
+        prefetched = getattr(inbound, "history_prefetched", None)
+        if prefetched is not None and prefetched[0] == limit:
+            return [
+                ChatTurn(role=role, content=content) for role, content in prefetched[1]
+            ]
         # One statement compiled once (conversations/queries.py): what
         # Message.objects.filter(conversation=…, created_at__lt=…,
         # status__in=…).order_by("-created_at").values_list("role",

@@ -350,3 +350,75 @@ def test_reply_write_of_a_second_reply_raises_and_writes_nothing() -> None:
     assert not Message.objects.filter(pk=second.pk).exists()
     assert not AICall.objects.filter(message=inbound).exists()
     assert Conversation.objects.get(pk=inbound.conversation_id).message_count == 4
+
+
+@pytest.mark.parametrize("channel_length", [None, 2])
+def test_the_claim_reads_the_history_the_database_store_reads(
+    channel_length,
+) -> None:
+    """On PostgreSQL the claim brings the history along (one statement); the
+    database store then hands it out without a query, the same turns its own
+    statement reads. Elsewhere the store reads it as before."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations.queries import history_rows
+    from conversations.stores.db import DatabaseStore
+
+    account = None
+    if channel_length is not None:
+        account = Channel(name="Short memory", kind="whatsapp", phone_number_id="777")
+        account.history_length = channel_length
+    inbound = _inbound(account=account)
+    conversation = inbound.conversation
+    start = inbound.created_at - timedelta(minutes=10)
+    for n, (role, status) in enumerate(
+        [
+            (Message.Role.USER, Message.Status.REPLIED),
+            (Message.Role.ASSISTANT, Message.Status.DELIVERED),
+            (Message.Role.USER, Message.Status.FAILED),  # never reached the model
+            (Message.Role.USER, Message.Status.REPLIED),
+            (Message.Role.ASSISTANT, Message.Status.READ),
+        ]
+    ):
+        older = Message.objects.create(
+            conversation=conversation,
+            channel=conversation.channel,
+            role=role,
+            content=f"turn {n} ✓",
+            external_id=f"old-{n}",
+            status=status,
+        )
+        Message.objects.filter(pk=older.pk).update(
+            created_at=start + timedelta(minutes=n)
+        )
+    store = DatabaseStore()
+    now = timezone.now()
+    claimed = message_claim_read(
+        inbound.pk,
+        now=now,
+        stale_before=now,
+        history_statuses=store.history_statuses,
+        history_length=20,
+    )
+    limit = channel_length or 20
+    expected = history_rows(
+        conversation_id=conversation.pk,
+        before=inbound.created_at,
+        statuses=store.history_statuses,
+        limit=limit,
+    )
+    assert len(expected) == min(limit, 4)
+    with CaptureQueriesContext(connection) as queries:
+        turns = store.history(inbound=claimed, limit=limit)
+    assert [(t.role, t.content) for t in turns] == expected
+    if connection.vendor == "postgresql":
+        assert claimed.history_prefetched == (limit, expected)
+        assert len(queries) == 0
+    else:
+        assert not hasattr(claimed, "history_prefetched")
+        assert len(queries) == 1
+    # Another length than the one read: the store reads it itself.
+    assert [(t.role, t.content) for t in store.history(inbound=claimed, limit=1)] == [
+        expected[-1]
+    ]
