@@ -27,7 +27,7 @@ from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Model
 
 from vocoeng.models import Channel, Tenant
@@ -120,12 +120,13 @@ def _loaders(vendor: str) -> list[tuple[type[Model], list[str], list[_Column]]]:
 def _build(
     model: type[Model], names: list[str], columns: list[_Column], row: Any
 ) -> Any:
+    conn = connections[DEFAULT_DB_ALIAS]  # not the proxy: see vocoeng.sql
     values = []
     for (col, converters), value in zip(columns, row, strict=True):
         for convert in converters:
-            value = convert(value, col, connection)
+            value = convert(value, col, conn)
         values.append(value)
-    return model.from_db(connection.alias, names, values)
+    return model.from_db(conn.alias, names, values)
 
 
 @functools.cache
