@@ -20,7 +20,7 @@ waited in Redis. Four changes:
   as kombu's own BRPOP + append does for one. Older servers keep BRPOP.
 - Batched ack removal. An ack made on the worker's event loop frees its
   prefetch slot at once; the ZREM + HDEL of every ack of one loop turn go out
-  in one pipeline on the next turn (and when the hub closes). A crash in
+  in one pipeline before the loop polls again (and when the hub closes). A crash in
   between leaves those entries, and the restore sweep hands the tasks out again
   after the visibility timeout: at least once, as for a crash just before an
   ack, and the claims make the rerun a no-op. Acks off the loop go at once.
@@ -77,10 +77,16 @@ class QoS(kombu_redis.QoS):
             return
         # On the worker's event loop: the prefetch slot is free at once; the
         # Redis entries of every ack of this loop turn go in one pipeline, run
-        # by the loop right after (and by the hub when it closes).
+        # by the loop before it polls again (on_tick) and by the hub when it
+        # closes (call_soon). Not call_soon alone: what the loop thread adds
+        # there waits for the next poll to return, up to a second when the
+        # worker is idle, and a worker killed in that second had its finished
+        # task delivered again (seen as a pipeline chord counting a review
+        # twice: pipeline/tests/test_failures.py, about one run in four).
         virtual.QoS.ack(self, delivery_tag)
         self._acked.append(delivery_tag)
         if len(self._acked) == 1:
+            hub.on_tick.add(self.acks_flush)
             hub.call_soon(self.acks_flush)
 
     def acks_flush(self) -> None:
