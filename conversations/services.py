@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -18,6 +18,7 @@ from vocoeng.channels import agent_for
 from vocoeng.cpu_slots import cpu_slot
 from vocoeng.limits import rate_limit_parse
 from vocoeng.models import Channel, Tenant
+from vocoeng.sql import connection_release
 
 from .agent import agent_generate
 from .budget import BudgetExceeded, SpendGuard, ledger_fields
@@ -142,12 +143,7 @@ def _release_db_connection() -> None:
     query reconnects. Inside a transaction (tests, callers' atomic blocks) the
     connection is kept.
     """
-    if (
-        connection.vendor != "sqlite"  # no server connection to give back
-        and not connection.in_atomic_block
-        and not settings.DATABASES["default"].get("CONN_MAX_AGE")
-    ):
-        connection.close()
+    connection_release()
 
 
 def reply_generate(*, message_id: Any) -> Message | None:
@@ -226,9 +222,6 @@ def reply_generate(*, message_id: Any) -> Message | None:
         return None
     elapsed_ms = int((time.monotonic() - started) * 1000)
 
-    # Never wait for a slot holding a pooled connection (a spend guard's or a
-    # tool's queries may have taken one): the slot holders may need it.
-    _release_db_connection()
     with cpu_slot():
         try:
             # The one-to-one reply_to is the guard: a racing duplicate loses here.

@@ -21,9 +21,12 @@ in bench/ai_fanout.py (500 messages, 100 threads, 1 s model): the model call
 1.11-1.22 s → 1.01 s per message as the worker sees it.
 
 A thread that already holds a slot does not take a second one (nested use
-cannot deadlock). A thread must not wait for a slot while it holds something
-that slot holders may need, such as a pooled database connection: give it
-back first. ``AI_WORKER_CPU_SLOTS=0`` turns the slots off.
+cannot deadlock), and one that has to wait for a slot gives its pooled
+database connection back first (the holders may need one; inside a
+transaction it cannot). The model SDKs' HTTP transport gives the slot back
+while a request is on the network (conversations/providers/base.py), so a
+slot covers the SDK's own CPU too: building the request and reading the
+reply. ``AI_WORKER_CPU_SLOTS=0`` turns the slots off.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
+
+from .sql import connection_release
 
 _local = threading.local()
 _guard = threading.Lock()
@@ -55,17 +60,38 @@ def _slots() -> threading.BoundedSemaphore | None:
 @contextmanager
 def cpu_slot() -> Iterator[None]:
     """Hold a CPU slot for the block (at once if this thread holds one)."""
-    if getattr(_local, "held", False):
+    if getattr(_local, "held", None) is not None:
         yield
         return
     semaphore = _slots()
     if semaphore is None:
         yield
         return
-    semaphore.acquire()
-    _local.held = True
+    if not semaphore.acquire(blocking=False):
+        # Never wait holding a pooled connection: the slot's holders may
+        # need one (a reply's claim or write) and the pool is small.
+        connection_release()
+        semaphore.acquire()
+    _local.held = semaphore
     try:
         yield
     finally:
-        _local.held = False
+        _local.held = None
         semaphore.release()
+
+
+@contextmanager
+def cpu_slot_released() -> Iterator[None]:
+    """Give this thread's slot back for the block (a network wait), then
+    queue for one again; nothing when the thread holds none."""
+    semaphore = getattr(_local, "held", None)
+    if semaphore is None:
+        yield
+        return
+    _local.held = None
+    semaphore.release()
+    try:
+        yield
+    finally:
+        semaphore.acquire()
+        _local.held = semaphore

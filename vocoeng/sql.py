@@ -14,8 +14,24 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
+
+
+def connection_release() -> None:
+    """Give this thread's database connection back (to the pool, or closed).
+
+    For a thread about to wait (a model call, a CPU slot): the next query
+    takes a connection again. Kept inside a transaction, on SQLite (no server
+    connection to give back) and with persistent connections (CONN_MAX_AGE).
+    """
+    if (
+        connection.vendor != "sqlite"
+        and not connection.in_atomic_block
+        and not settings.DATABASES["default"].get("CONN_MAX_AGE")
+    ):
+        connection.close()
 
 
 def quote(name: str) -> str:

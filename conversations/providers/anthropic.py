@@ -6,6 +6,8 @@ from typing import Any
 
 import anthropic
 
+from vocoeng.cpu_slots import cpu_slot
+
 from .base import (
     ChatTurn,
     ProviderError,
@@ -13,6 +15,7 @@ from .base import (
     ToolCall,
     ToolSpec,
     error_from_status,
+    http_transport,
 )
 
 
@@ -26,7 +29,13 @@ class AnthropicProvider:
     ) -> None:
         self.model = model
         self.client = anthropic.Anthropic(
-            api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=0
+            api_key=api_key,
+            base_url=base_url or None,
+            timeout=timeout,
+            max_retries=0,
+            # The SDK's own client and defaults; its transport gives the CPU
+            # slot back while the request is on the network.
+            http_client=anthropic.DefaultHttpxClient(transport=http_transport()),
         )
 
     def complete(
@@ -66,12 +75,14 @@ class AnthropicProvider:
         # longer takes it. The low-level post() keeps the SDK's auth, timeouts
         # and errors without its typed transform (see the OpenAI provider).
         try:
-            data = self.client.post(
-                "/v1/messages",
-                body=body,
-                cast_to=object,
-                options={"timeout": timeout} if timeout else {},
-            )
+            # In a CPU slot, as the OpenAI provider's call (see there).
+            with cpu_slot():
+                data = self.client.post(
+                    "/v1/messages",
+                    body=body,
+                    cast_to=object,
+                    options={"timeout": timeout} if timeout else {},
+                )
         except anthropic.APITimeoutError as exc:
             raise ProviderError(f"anthropic: timeout: {exc}", transient=True) from exc
         except anthropic.APIConnectionError as exc:

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+import httpx2
+
+from vocoeng.cpu_slots import cpu_slot_released
+
 
 @dataclass(frozen=True)
 class ToolSpec:
@@ -189,3 +193,40 @@ def error_from_status(
 def _short(exc: Exception, limit: int = 300) -> str:
     text = str(exc)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+class _SlotReleasingTransport(httpx2.BaseTransport):
+    """An SDK's HTTP transport, with the CPU slot given back on the network.
+
+    The request goes out and the whole response comes in (the body read here,
+    so no socket read waits inside the slot) while the slot serves others.
+    """
+
+    def __init__(self, inner: httpx2.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        with cpu_slot_released():
+            response = self._inner.handle_request(request)
+            try:
+                response.read()
+            except BaseException:
+                response.close()
+                raise
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def http_transport() -> httpx2.BaseTransport:
+    """The HTTP transport for the SDK clients: the one they build themselves
+    (with the openai and anthropic SDKs' connection limits: an ai worker's
+    threads each keep a connection alive), giving the CPU slot
+    (vocoeng/cpu_slots.py) back while a request is on the network. The SDKs
+    build the request and read the response in the caller's slot."""
+    return _SlotReleasingTransport(
+        httpx2.HTTPTransport(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+        )
+    )

@@ -10,6 +10,8 @@ from typing import Any
 
 import openai
 
+from vocoeng.cpu_slots import cpu_slot
+
 from .base import (
     ChatTurn,
     ProviderError,
@@ -17,6 +19,7 @@ from .base import (
     ToolCall,
     ToolSpec,
     error_from_status,
+    http_transport,
 )
 
 
@@ -36,6 +39,9 @@ class OpenAIProvider:
             base_url=base_url or None,
             timeout=timeout,
             max_retries=0,
+            # The SDK's own client and defaults; its transport gives the CPU
+            # slot back while the request is on the network.
+            http_client=openai.DefaultHttpxClient(transport=http_transport()),
         )
 
     def complete(
@@ -81,12 +87,16 @@ class OpenAIProvider:
             # not its typed request transform and response models, which cost
             # ~8 ms of CPU per call (measured) and cap a 100-thread ai worker
             # far below 100 replies/s on the GIL.
-            data = self.client.post(
-                "/chat/completions",
-                body=body,
-                cast_to=object,
-                options={"timeout": timeout} if timeout else {},
-            )
+            # In a CPU slot (vocoeng/cpu_slots.py): building the request and
+            # reading the response are most of a reply's CPU, and the slot's
+            # queue works a burst of replies through in order.
+            with cpu_slot():
+                data = self.client.post(
+                    "/chat/completions",
+                    body=body,
+                    cast_to=object,
+                    options={"timeout": timeout} if timeout else {},
+                )
         except openai.APITimeoutError as exc:
             raise ProviderError(f"openai: timeout: {exc}", transient=True) from exc
         except openai.APIConnectionError as exc:
