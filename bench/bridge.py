@@ -19,7 +19,11 @@ bridge processes (each with that flow control) and counts the CPU of all.
 
 Prints messages/s of both, b/a (target >= 0.6), and the counts lost and
 duplicated, read from the Celery messages in Redis (one ``reply_generate`` per
-inbound row, each naming its row). Uses DATABASE_URL when set (a separate
+inbound row, each naming its row). Over each window it also prints the CPU
+cores busy on the whole machine (at its core count, the machine is the
+limit), and the emulator's, PostgreSQL's and Redis's CPU per message (every
+process of each service: shared with whatever else runs on the machine).
+Uses DATABASE_URL when set (a separate
 ``<name>_bench_bridge`` database on PostgreSQL), else SQLite in a temp dir;
 CELERY_BROKER_URL when it is Redis, else a throwaway ``redis-server``.
 
@@ -123,7 +127,9 @@ def publish(topic: str, n: int) -> float:
     return n / elapsed
 
 
-def bare(subscription: str, n: int, max_in_flight: int) -> tuple[float, float]:
+def bare(
+    subscription: str, n: int, max_in_flight: int, window: Window
+) -> tuple[float, float]:
     from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
@@ -137,6 +143,7 @@ def bare(subscription: str, n: int, max_in_flight: int) -> tuple[float, float]:
         with lock:
             if not first:
                 first.append(time.monotonic())
+                window.start()
             seen.add(message.message_id)
             if len(seen) >= n:
                 done.set()
@@ -149,6 +156,7 @@ def bare(subscription: str, n: int, max_in_flight: int) -> tuple[float, float]:
     )
     if not done.wait(600):
         raise RuntimeError(f"bare subscriber got {len(seen)}/{n}")
+    window.end()
     elapsed = time.monotonic() - first[0]
     cpu = time.process_time() - cpu_start
     future.cancel()
@@ -169,12 +177,74 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """Return (busy, total) CPU time of the whole machine so far (/proc/stat)."""
+    fields = [
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def cpu_by_command(names: tuple[str, ...]) -> dict[str, float]:
+    """Return the CPU seconds of every process whose command is one of ``names``.
+
+    PostgreSQL and Redis are shared with whatever else runs on the machine:
+    their figures are an upper bound of what the bench cost them.
+    """
+    found = dict.fromkeys(names, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if comm in found:
+                found[comm] += cpu_seconds(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # exited meanwhile
+    return found
+
+
+SERVICES = ("postgres", "redis-server")
+
+
+class Window:
+    """What the machine and the emulator spent between ``start()`` and ``end()``.
+
+    ``cores``: CPU cores busy on average over the window (all processes); the
+    machine's own limit on a rate is its core count over this. ``emulator``:
+    the emulator's CPU seconds over the window; ``services``: PostgreSQL's
+    and Redis's (every process of either).
+    """
+
+    emulator_pid = 0
+
+    def start(self) -> None:
+        self.machine = machine_jiffies()
+        self.emulator = cpu_seconds(self.emulator_pid)
+        self.services = cpu_by_command(SERVICES)
+
+    def end(self) -> None:
+        busy, total = machine_jiffies()
+        ncpu = os.cpu_count() or 1
+        self.cores = (busy - self.machine[0]) / max(total - self.machine[1], 1) * ncpu
+        self.emulator = cpu_seconds(self.emulator_pid) - self.emulator
+        now = cpu_by_command(SERVICES)
+        self.services = {k: now[k] - v for k, v in self.services.items()}
+
+
 def queue_key(prefix: str) -> str:
     return f"{prefix}ai"
 
 
 def bridge(
-    env: dict[str, str], r, key: str, n: int, subscription: str, extra: list[str]
+    env: dict[str, str],
+    r,
+    key: str,
+    n: int,
+    subscription: str,
+    extra: list[str],
+    window: Window,
 ) -> tuple[float, float]:
     """Run the bridge on ``subscription`` until ``n`` chains are queued.
 
@@ -202,6 +272,7 @@ def bridge(
             time.sleep(0.01)
         started, base_count = time.monotonic(), r.llen(key)
         cpu_start = tree_cpu(proc.pid)
+        window.start()
         deadline = started + 900
         last, last_change = base_count, time.monotonic()
         while (count := r.llen(key)) < n and time.monotonic() < deadline:
@@ -211,6 +282,7 @@ def bridge(
                 break  # stalled: report what was lost
             time.sleep(0.02)
         elapsed = time.monotonic() - started
+        window.end()
         done = r.llen(key) - base_count
         cpu = tree_cpu(proc.pid) - cpu_start
         return done / elapsed, cpu / max(done, 1) * 1e6
@@ -305,9 +377,11 @@ def main() -> None:
         )
         print(f"database {db_desc}; broker {broker_desc}; emulator {address}")
         published = publish(topic, n)
-        a, a_cpu = bare(bare_sub, n, args.max_in_flight)
+        Window.emulator_pid = emulator.pid
+        wa, wb, wb0 = Window(), Window(), Window()
+        a, a_cpu = bare(bare_sub, n, args.max_in_flight, wa)
         b, b_cpu = bridge(
-            env, r, queue_key(prefix), n, "vocoeng-messages-bridge", extra
+            env, r, queue_key(prefix), n, "vocoeng-messages-bridge", extra, wb
         )
         queued, distinct = count_chains(r, queue_key(prefix))
         lost, duplicated = n - distinct, queued - distinct
@@ -324,7 +398,9 @@ def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        b0, b0_cpu = bridge(noop_env, r, queue_key(noop_prefix), n, "bench-noop", extra)
+        b0, b0_cpu = bridge(
+            noop_env, r, queue_key(noop_prefix), n, "bench-noop", extra, wb0
+        )
         queued0, distinct0 = count_chains(r, queue_key(noop_prefix))
         lost0, duplicated0 = n - distinct0, queued0 - distinct0
         load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -343,6 +419,25 @@ def main() -> None:
             ("b0/a (the bridge's own overhead)", f"{b0 / a:.2f}"),
             ("bridge CPU per message, no-op route", f"{b0_cpu:,.0f} µs"),
             ("no-op: lost / duplicated", f"{lost0} / {duplicated0}"),
+            (
+                "machine cores busy during a / b / b0",
+                f"{wa.cores:.2f} / {wb.cores:.2f} / {wb0.cores:.2f}",
+            ),
+            (
+                "emulator CPU per message, a / b / b0",
+                " / ".join(f"{w.emulator / n * 1e6:.0f}" for w in (wa, wb, wb0))
+                + " µs",
+            ),
+            *(
+                (
+                    f"{name} CPU per message, a / b / b0",
+                    " / ".join(
+                        f"{w.services[name] / n * 1e6:.0f}" for w in (wa, wb, wb0)
+                    )
+                    + " µs",
+                )
+                for name in SERVICES
+            ),
             ("load average 1/5/15 min after", load),
         ]
         width = max(len(k) for k, _ in rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from conversations.models import Conversation, Message
@@ -75,6 +77,98 @@ def test_a_batch_stores_the_rows_message_receive_stores():
     assert again[0].pk == stored[1].pk
     assert Message.objects.filter(external_id__startswith="batch-").count() == 2
     assert Conversation.objects.get(pk=conversation.pk).message_count == 2
+
+
+def test_a_message_stored_elsewhere_comes_back_without_a_new_conversation():
+    from vocoeng.models import Tenant
+
+    other = Tenant.objects.create(slug="other", name="Other")
+    stored, _ = message_receive(
+        tenant=other, channel="api", user_id="u-9", text="x", external_id="dup-1"
+    )
+    tenant = tenant_get_default()
+    dup = {**_entry(tenant, 1, "u-9"), "external_id": "dup-1"}
+    new = {**_entry(tenant, 2, "u-9"), "user_id": "u-10"}
+
+    got = inbound_store_many(entries=[dup, new])
+
+    # the stored message as it is, nothing written for it; the new one stored
+    assert got[0].pk == stored.pk and got[0].conversation.tenant == other
+    assert not Conversation.objects.filter(tenant=tenant, external_user_id="u-9")
+    created = Conversation.objects.get(tenant=tenant, external_user_id="u-10")
+    assert got[1].conversation_id == created.pk and created.message_count == 1
+    assert Conversation.objects.get(pk=stored.conversation_id).message_count == 1
+    assert Message.objects.count() == 2
+
+
+def _row_values() -> dict:
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from conversations.routes import _MESSAGE_FIXED
+
+    now = timezone.now()
+    return {
+        **_MESSAGE_FIXED,
+        "id": uuid.uuid4(),
+        "conversation_id": 7,
+        "channel": "api",
+        "content": "hi",
+        "external_id": "x-1",
+        "metadata": {"a": [1]},
+        "created_at": now,
+        "updated_at": now,
+        "cost": Decimal(0),
+    }
+
+
+def _instance_state(message: Message) -> tuple[dict, bool, str]:
+    values = {k: v for k, v in vars(message).items() if k != "_state"}
+    return values, message._state.adding, message._state.db
+
+
+@pytest.mark.parametrize("receiver", [False, True])
+def test_a_stored_row_is_the_message_from_db_makes(receiver):
+    from django.db.models.signals import post_init
+
+    from conversations.routes import _stored_maker
+
+    values = _row_values()
+    expected = Message.from_db(
+        "default", list(_MESSAGE_COLUMNS), [values[c] for c in _MESSAGE_COLUMNS]
+    )
+    seen = []
+
+    def on_init(sender, instance, **kwargs):
+        seen.append(instance)
+
+    if receiver:  # something listens: from_db itself, signals and all
+        post_init.connect(on_init, sender=Message)
+    try:
+        made = _stored_maker("default")(dict(values))
+    finally:
+        post_init.disconnect(on_init, sender=Message)
+    assert _instance_state(made) == _instance_state(expected)
+    assert type(made) is Message and made.pk == values["id"]
+    assert seen == ([made] if receiver else [])
+
+
+def test_the_reply_chain_is_the_canvas_chain():
+    from celery import chain
+
+    from conversations.routes import reply_chain
+    from conversations.tasks import reply_deliver, reply_generate, reply_publish
+
+    built = reply_chain(Message(pk="pk-1"))
+    canvas = chain(reply_generate.si("pk-1"), reply_publish.s(), reply_deliver.s())
+    assert type(built) is type(canvas)
+    # chain() folds the steps into a list; built by hand they stay a tuple
+    assert {**built, "kwargs": {}} == {**canvas, "kwargs": {}}
+    assert list(built.tasks) == list(canvas.tasks)
+    assert [type(s) for s in built.tasks] == [type(s) for s in canvas.tasks]
+    assert [s.immutable for s in built.tasks] == [True, False, False]
+    assert (built._use_link, built._frozen) == (None, None)
 
 
 PLAIN = {"source": "api", "user_id": "u-1", "message": "hi", "message_id": "m-1"}

@@ -113,11 +113,37 @@ def _log(event: str, d: Delivery, extra: str = "", *args: object) -> None:
     if pending is None:
         logger.info(line, *fields, extra=cid)
     else:
-        pending.append(
-            logger.makeRecord(
-                logger.name, logging.INFO, __file__, 0, line, fields, None, "_log", cid
-            )
+        pending.append(_record(line, fields, cid))
+
+
+def _record(line: str, fields: tuple, cid: dict[str, str]) -> logging.LogRecord:
+    """Return ``logger.makeRecord(...)`` of a per-message line, made cheaply.
+
+    LogRecord.__init__ works out the same caller, thread and process for
+    every line of a batch (~4 µs a record, two records a message). Here the
+    first record of each thread is made so, and the others are copies of it
+    with their own message, arguments, time and correlation id (~1 µs).
+    A custom record factory gets every record made by makeRecord.
+    """
+    proto = getattr(_local, "proto", None)
+    if proto is None or logging.getLogRecordFactory() is not logging.LogRecord:
+        record = logger.makeRecord(
+            logger.name, logging.INFO, __file__, 0, line, fields, None, "_log", cid
         )
+        _local.proto = vars(record).copy()
+        return record
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    values = vars(record)
+    values.update(proto)
+    # as LogRecord.__init__ sets them
+    created = time.time()
+    values["created"] = created
+    values["msecs"] = int((created - int(created)) * 1000) + 0.0
+    values["relativeCreated"] = (created - logging._startTime) * 1000
+    values["msg"] = line
+    values["args"] = fields
+    values.update(cid)
+    return record
 
 
 def log_flush() -> None:

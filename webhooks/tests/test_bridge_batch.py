@@ -244,3 +244,44 @@ def test_the_per_message_lines_of_a_batch_are_each_one_record(caplog):
     for record in caplog.records:
         if record.getMessage().startswith("bridge_message"):
             assert record.correlation_id in record.getMessage()
+
+
+def test_a_batched_line_is_the_record_make_record_makes():
+    import logging
+    import time
+
+    from webhooks.bridge import handling
+
+    before = time.time()
+    handling._local.proto = None  # this thread's first record: makeRecord's
+    lines = ["event=%s n=%s", "event=%s other=%s"]
+    made = []
+    for n, line in enumerate(lines * 2):
+        fields = ("received", n)
+        cid = {"correlation_id": f"c-{n}"}
+        made.append(
+            (
+                handling._record(line, fields, cid),
+                handling.logger.makeRecord(
+                    handling.logger.name,
+                    logging.INFO,
+                    handling.__file__,
+                    0,
+                    line,
+                    fields,
+                    None,
+                    "_log",
+                    cid,
+                ),
+            )
+        )
+    after = time.time()
+    timing = {"created", "msecs", "relativeCreated"}
+    for ours, theirs in made:
+        assert type(ours) is logging.LogRecord
+        assert {k: v for k, v in vars(ours).items() if k not in timing} == {
+            k: v for k, v in vars(theirs).items() if k not in timing
+        }
+        assert before <= ours.created <= after  # its own time, as made
+        assert ours.msecs == int((ours.created - int(ours.created)) * 1000)
+        assert ours.getMessage() == theirs.getMessage()
