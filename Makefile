@@ -25,7 +25,7 @@ run: migrate
 	@echo "  VocoEng is starting at http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
 	@echo "  try: curl -s -X POST http://127.0.0.1:$(PORT)/process -H 'Content-Type: application/json' -d '{\"source\":\"api\",\"user_id\":\"demo\",\"message\":\"Hello\"}'"
 	@echo ""
-	@trap 'kill 0' INT TERM EXIT; \
+	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
 	$(VENV)/bin/celery -A vocoeng worker -Q default,ai,analytics -P threads -c 16 -l info & \
 	$(PY) manage.py runserver 127.0.0.1:$(PORT) --noreload
 
