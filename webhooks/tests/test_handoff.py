@@ -110,14 +110,9 @@ def test_a_row_the_database_refuses_fails_alone(monkeypatch, queued) -> None:
 
 
 def test_a_broker_refusal_fails_every_delivery_of_the_batch(
-    monkeypatch, queued
+    monkeypatch, queued, broker_down
 ) -> None:
-    from kombu import Producer
-
-    def down(self, *args, **kwargs):
-        raise ConnectionError("broker down")
-
-    monkeypatch.setattr(Producer, "publish", down)
+    broker_down()
     deliveries = [_delivery() for _ in range(4)]
     errors, _ = _together(deliveries, monkeypatch)
     assert all(isinstance(e, handoff.DeliveryFailed) for e in errors)
