@@ -34,6 +34,7 @@ from celery.canvas import Signature, _chain
 from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
 
+from . import correlation
 from .celery import app
 from .celery_template import Template, json_text, template_channel
 
@@ -133,6 +134,47 @@ def _fallback(signature: Signature, headers: Mapping[str, Any], producer: Any) -
     return result.id
 
 
+class PublishCache:
+    """What :func:`publish_many` works out once and may keep across calls.
+
+    A caller that publishes the same shapes again and again on one producer
+    (the webhook hand-off: a batch of a few messages per call) keeps one and
+    passes it to every call: the routing of each task name and the template
+    of each message shape are then worked out once per channel and thread,
+    not once per call (building a template sends a message through Celery's
+    and kombu's whole path: for a batch of 2-3 messages, half of the call's
+    CPU). Templates are kept per channel and per publishing thread (a
+    message's ``reply_to``); a message without a correlation header gets the
+    id current in its call (the hook's), so its template is never kept. One
+    call at a time uses a cache; a change of the app's configuration needs a
+    new one.
+    """
+
+    MAX_THREADS = 64  # templates of more publishing threads: start again
+
+    def __init__(self) -> None:
+        self.channel: Any = None
+        self.plans: dict[tuple[str, Any], _Plan] = {}
+        self.declared: set[str] = set()
+        self._templates: dict[str, dict[tuple, Template | None]] = {}
+
+    def on(self, channel: Any) -> PublishCache:
+        """Return the cache, emptied first if it was for another channel."""
+        if channel is not self.channel:
+            self.__init__()
+            self.channel = channel
+        return self
+
+    def templates(self, reply_to: str) -> dict[tuple, Template | None]:
+        """Return the templates of the thread whose ``reply_to`` this is."""
+        kept = self._templates.get(reply_to)
+        if kept is None:
+            if len(self._templates) >= self.MAX_THREADS:
+                self._templates.clear()
+            kept = self._templates[reply_to] = {}
+        return kept
+
+
 class _Context:
     """What every message of one publish_many call shares."""
 
@@ -227,7 +269,10 @@ def _sender(
 
 
 def publish_many(
-    items: Sequence[tuple[Signature, Mapping[str, Any]]], *, producer: Any
+    items: Sequence[tuple[Signature, Mapping[str, Any]]],
+    *,
+    producer: Any,
+    cache: PublishCache | None = None,
 ) -> list[str]:
     """Publish each ``(signature, headers)`` on ``producer``; return the task ids.
 
@@ -235,17 +280,19 @@ def publish_many(
     this call, so the messages go out in one pipeline on Redis). The task id
     returned is ``apply_async().id``'s: for a chain, its last step's. On our
     Redis transport the templated messages are in the broker when this
-    returns; the others when the caller's batch is flushed.
+    returns; the others when the caller's batch is flushed. ``cache``: plans
+    and templates kept from earlier calls on this producer (PublishCache).
     """
     conf = app.conf
     if conf.task_always_eager or app.current_worker_task is not None:
         return [_fallback(s, h, producer) for s, h in items]
-    plans: dict[tuple[str, Any], _Plan] = {}
-    declared: set[str] = set()
     args_max, kwargs_max = app.amqp.argsrepr_maxsize, app.amqp.kwargsrepr_maxsize
     channel = template_channel(producer)
     ctx = _Context(producer)
-    templates: dict[tuple, Template | None] = {}
+    kept = (cache or PublishCache()).on(producer.channel)
+    plans, declared = kept.plans, kept.declared
+    kept_templates = kept.templates(ctx.reply_to)
+    templates: dict[tuple, Template | None] = {}  # this call's only
     pushes: list[tuple[str, str]] = []
     steps_of = [_steps(signature) for signature, _ in items]
     ids = iter(uuids(sum(len(s) for s in steps_of if s)))
@@ -279,12 +326,19 @@ def publish_many(
             and not any(s.args or s.kwargs or s.options for s in rest)
         ):
             shape = (key, tuple((s.task, s.immutable) for s in rest), names)
-            if shape in templates:
-                template = templates[shape]
+            # The correlation hook writes the current id into a message
+            # without one: such a template is this call's only.
+            store = (
+                kept_templates
+                if correlation.HEADER in names or correlation.current() is None
+                else templates
+            )
+            if shape in store:
+                template = store[shape]
             else:
                 send = _sender(ctx, plan, first.task, rest, declare, names)
                 template = Template.build(send, channel, len(rest), len(names))
-                templates[shape] = template
+                store[shape] = template
         if not plan.ignore_result:
             app.backend.on_task_call(producer, task_id)
         argsrepr, kwargsrepr = _repr(args, args_max), _repr(kwargs, kwargs_max)
@@ -316,13 +370,16 @@ def publish_many(
 
 
 def publish_batch(
-    items: Sequence[tuple[Signature, Mapping[str, Any]]], *, producer: Any
+    items: Sequence[tuple[Signature, Mapping[str, Any]]],
+    *,
+    producer: Any,
+    cache: PublishCache | None = None,
 ) -> list[str]:
     """:func:`publish_many` inside one batch of ``producer`` (one pipeline on
     Redis), sized for the messages and flushed before returning: a broker
     error is raised here, not at some later publish."""
     # Up to four transport operations a message, and a few for the batch.
     with producer.batch(max_size=4 * len(items) + 4) as batch:
-        task_ids = publish_many(items, producer=producer)
+        task_ids = publish_many(items, producer=producer, cache=cache)
         batch.flush()
     return task_ids

@@ -23,18 +23,25 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def execute(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """Run ``sql`` with server-side binding; return its rows (if it has any)."""
+def execute(
+    sql: str, params: Sequence[Any], *, prepare: bool | None = False
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` with server-side binding; return its rows (if it has any).
+
+    ``prepare=None``: prepared as the connection prepares (after 5 runs with
+    DB_PREPARED_STATEMENTS, never without), for a statement whose plan does
+    not depend on its rows (a plain INSERT of them).
+    """
     import psycopg
 
     connection.ensure_connection()
     # psycopg.Cursor, not connection.cursor(): server-side binding whatever
-    # DB_PREPARED_STATEMENTS says, and never prepared. A batch's best plan
-    # depends on its rows (how many, which keys); prepared, PostgreSQL moved
-    # to a generic plan after five runs and the bridge's chat route fell from
-    # ~2,700 to ~1,500 msg/s at the same CPU (bench/bridge.py).
+    # DB_PREPARED_STATEMENTS says, and by default never prepared. A batch's
+    # best plan depends on its rows (how many, which keys); prepared,
+    # PostgreSQL moved to a generic plan after five runs and the bridge's chat
+    # route fell from ~2,700 to ~1,500 msg/s at the same CPU (bench/bridge.py).
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
-        cur.execute(sql, params, prepare=False)
+        cur.execute(sql, params, prepare=prepare)
         return cur.fetchall() if cur.description is not None else []
 
 

@@ -61,6 +61,8 @@ def decode_json(raw: bytes | str) -> Any:
         raise PermanentMessageError(f"body is not JSON: {exc.msg}") from exc
     except RecursionError as exc:  # json recurses per nesting level
         raise PermanentMessageError("body is not JSON: nested too deeply") from exc
+    except ValueError as exc:  # an integer over Python's 4,300 digits
+        raise PermanentMessageError("body is not JSON: a number too long") from exc
     if "\\u0000" in text:
         data = nul_replace(data)
     return data

@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 import re
+import threading
 import uuid
 from typing import Any
 
@@ -15,8 +16,9 @@ from celery.signals import before_task_publish
 from kombu import Connection
 
 from conftest import wait_for
+from vocoeng import correlation
 from vocoeng.celery import app
-from vocoeng.celery_batch import publish_many, uuids
+from vocoeng.celery_batch import PublishCache, publish_many, uuids
 from vocoeng.kombu_redis import Transport
 from vocoeng.tests.test_kombu_redis import URL, needs_redis
 
@@ -126,6 +128,55 @@ def test_templated_messages_on_redis_are_the_messages_apply_async_sends() -> Non
     headers = [{"x_correlation_id": "c"}, {}, {"a": 1}]
     ref, ours = _batch_both(singles, headers, "default")
     assert len(ours) == 3 and ours == ref
+
+
+@needs_redis
+def test_a_kept_cache_sends_what_apply_async_sends_from_each_thread_and_context() -> (
+    None
+):
+    """Templates kept across calls (PublishCache) still give each message the
+    reply_to of the thread that publishes it and, without a correlation
+    header of its own, the id current in that call (what apply_async does)."""
+    from conversations.tasks import reply_generate
+
+    prefix = f"vocoeng-test-{uuid.uuid4().hex[:8]}-"
+    cache = PublishCache()
+
+    def signature() -> Signature:
+        return reply_generate.si("pk-1").set(queue="default")
+
+    def both(conn: Any, cid: str, headers: dict) -> None:
+        token = correlation.activate(cid)
+        try:
+            signature().apply_async(headers=dict(headers), retry=False, connection=conn)
+            with app.amqp.Producer(conn) as producer:
+                publish_many([(signature(), headers)], producer=producer, cache=cache)
+        finally:
+            correlation.deactivate(token)
+
+    def publish(conn: Any) -> None:
+        both(conn, "first", {})
+        both(conn, "second", {})  # the template is kept: a new id all the same
+        both(conn, "third", {"x_correlation_id": "own"})
+        elsewhere = threading.Thread(target=both, args=(conn, "fourth", {}))
+        elsewhere.start()
+        elsewhere.join()
+
+    messages = _published(publish, "default", _redis(prefix))
+    assert len(messages) == 8
+    # kept: the message with a header, in each thread that had one
+    assert [len(t) for t in cache._templates.values()] == [1, 0]
+    ref, ours = messages[0::2], messages[1::2]
+    assert [_normal(m)[0] for m in ours] == [_normal(m)[0] for m in ref]
+    assert [m["headers"]["x_correlation_id"] for m in ours] == [
+        "first",
+        "second",
+        "own",
+        "fourth",
+    ]
+    replies = [m["properties"]["reply_to"] for m in ours]
+    assert replies == [m["properties"]["reply_to"] for m in ref]
+    assert replies[0] == replies[1] == replies[2] != replies[3]
 
 
 @needs_redis

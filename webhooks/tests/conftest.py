@@ -37,6 +37,31 @@ def post_whatsapp(client):
     return post
 
 
+def _refuse(*args, **kwargs):
+    raise ConnectionError("broker down")
+
+
+@pytest.fixture
+def broker_down(monkeypatch):
+    """Return ``down()``: the broker refuses every message until
+    ``monkeypatch.undo()``.
+
+    Both ways a message leaves this process are refused: kombu's
+    ``Producer.publish`` (under Celery's apply_async) and, on our Redis
+    transport, the LPUSH of templated messages (``vocoeng.celery_batch``: the
+    webhook hand-off keeps its message template across requests).
+    """
+    from kombu import Producer
+
+    from vocoeng.kombu_redis import Channel
+
+    def down() -> None:
+        monkeypatch.setattr(Producer, "publish", _refuse)
+        monkeypatch.setattr(Channel, "push_many", _refuse)
+
+    return down
+
+
 def broker_queue_size(queue: str = "ai") -> int:
     """Return how many tasks wait in ``queue`` of the real broker."""
     from vocoeng.celery import app

@@ -68,15 +68,10 @@ def test_aisensy_body_that_is_not_an_event_is_400(client) -> None:
 
 
 def test_admin_replay_reprocesses_a_failed_delivery_once(
-    client, post_whatsapp, queued, monkeypatch
+    client, post_whatsapp, queued, monkeypatch, broker_down
 ) -> None:
-    from kombu import Producer
-
-    def broken(self, *a, **k):
-        raise ConnectionError("broker down")
-
     # The broker refuses the delivery's task: recorded as failed, not acted on.
-    monkeypatch.setattr(Producer, "publish", broken)
+    broker_down()
     body = p.notification([p.text("15559990000", "replay me")])
     assert post_whatsapp(body).status_code == 503
     monkeypatch.undo()

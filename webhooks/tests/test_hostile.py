@@ -271,6 +271,25 @@ def test_whatsapp_deep_nesting_is_rejected_and_recorded(
     )
 
 
+# Python's json refuses an integer of over 4,300 digits with a plain ValueError
+# (not a JSONDecodeError): it was a 500, before the signature was checked.
+TOO_LONG = b"1" * 5_000
+
+
+def test_whatsapp_number_too_long_is_rejected_and_recorded(client) -> None:
+    raw = json.dumps(whatsapp_body()).encode()[:-1] + b', "n": ' + TOO_LONG + b"}"
+    before = snapshot()
+    body = assert_rejected_cleanly(post_signed(client, raw), before)
+    assert body["error"] == "body is not JSON: a number too long"
+    response = client.post(
+        "/webhooks/whatsapp/",
+        data=raw,
+        content_type="application/json",
+        HTTP_X_HUB_SIGNATURE_256="sha256=" + "0" * 64,
+    )
+    assert response.status_code == 403  # unsigned: refused, not a crash
+
+
 def test_whatsapp_body_over_the_upload_limit_is_a_json_400(client) -> None:
     raw = json.dumps(
         {**whatsapp_body(), "pad": "x" * django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE}
@@ -486,6 +505,18 @@ def test_deep_nesting_is_a_400_on_every_json_endpoint(
     )
     assert response.status_code == 400, response.content[:300]
     assert response.json()["error"]
+    assert snapshot()[:2] == before[:2]
+
+
+@pytest.mark.parametrize(
+    "path", ["/webhooks/api/", "/process", "/api/v1/runs/", "/webhooks/pubsub/"]
+)
+def test_a_number_too_long_is_a_json_400(client, api_auth, path) -> None:
+    raw = b'{"n": ' + TOO_LONG + b"}"
+    before = snapshot()
+    response = client.post(path, data=raw, content_type="application/json", **api_auth)
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["error" if path != "/api/v1/runs/" else "detail"]
     assert snapshot()[:2] == before[:2]
 
 

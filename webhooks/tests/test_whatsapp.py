@@ -279,15 +279,9 @@ def test_the_view_records_and_queues_and_the_worker_acts(post_whatsapp, queued) 
 
 
 def test_broker_failure_answers_503_and_the_retry_enqueues(
-    post_whatsapp, monkeypatch, queued
+    post_whatsapp, monkeypatch, queued, broker_down
 ) -> None:
-    from kombu import Producer
-
-    def broken(self, *a, **k):
-        raise ConnectionError("broker down")
-
-    # The broker refuses every message (kombu's publish, under Celery's).
-    monkeypatch.setattr(Producer, "publish", broken)
+    broker_down()  # the broker refuses every message
     body = p.notification([p.text("15551230013", "are you there")])
     response = post_whatsapp(body)
     assert response.status_code == 503
