@@ -11,6 +11,7 @@ never succeed, which the caller dead-letters with the reason.
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from typing import Any, Protocol
 
@@ -46,17 +47,36 @@ def route_for(kind: str) -> Route:
     return _resolve(path)
 
 
+class _NotJSONNumber(ValueError):
+    """A number Python's json reads but JSON (and PostgreSQL's jsonb) does not."""
+
+
+def _json_constant(name: str) -> Any:
+    raise _NotJSONNumber(f"{name} is not a JSON number")
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: Python reads infinity
+        raise _NotJSONNumber("a number too large")
+    return value
+
+
 def decode_json(raw: bytes | str) -> Any:
     """Decode a message body as UTF-8 JSON or raise a permanent error saying why.
 
     NUL characters (``\\u0000``) in strings become U+FFFD: PostgreSQL can
-    store them in neither text nor jsonb, so one would fail every retry.
+    store them in neither text nor jsonb, so one would fail every retry. For
+    the same reason NaN, Infinity and numbers too large for a float (which
+    Python's json reads as infinity) are refused here, with the reason.
     """
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_json_constant, parse_float=_json_float)
     except UnicodeDecodeError as exc:
         raise PermanentMessageError(f"body is not UTF-8: {exc.reason}") from exc
+    except _NotJSONNumber as exc:
+        raise PermanentMessageError(f"body is not JSON: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise PermanentMessageError(f"body is not JSON: {exc.msg}") from exc
     except RecursionError as exc:  # json recurses per nesting level

@@ -290,6 +290,40 @@ def test_whatsapp_number_too_long_is_rejected_and_recorded(client) -> None:
     assert response.status_code == 403  # unsigned: refused, not a crash
 
 
+# Python's json reads NaN, Infinity and 1e999 (as infinity); JSON has no such
+# numbers and PostgreSQL's jsonb refuses them, so the worker failed on retry.
+NOT_JSON_NUMBERS = [
+    (b"NaN", "NaN is not a JSON number"),
+    (b"-Infinity", "-Infinity is not a JSON number"),
+    (b"1e999", "a number too large"),
+    (b"-1.5e400", "a number too large"),
+]
+
+
+@pytest.mark.parametrize(("number", "reason"), NOT_JSON_NUMBERS)
+def test_whatsapp_number_json_has_not_is_rejected_and_recorded(
+    client, number: bytes, reason: str
+) -> None:
+    raw = json.dumps(whatsapp_body()).encode()[:-1] + b', "n": ' + number + b"}"
+    before = snapshot()
+    body = assert_rejected_cleanly(post_signed(client, raw), before)
+    assert body["error"] == f"body is not JSON: {reason}"
+
+
+@pytest.mark.parametrize(("number", "reason"), NOT_JSON_NUMBERS)
+@pytest.mark.parametrize("path", ["/webhooks/api/", "/process"])
+def test_a_number_json_has_not_is_a_json_400(
+    client, api_auth, path: str, number: bytes, reason: str
+) -> None:
+    doc = json.dumps(chat()).encode()
+    raw = doc[:-1] + b', "metadata": {"n": ' + number + b"}}"
+    before = snapshot()
+    response = client.post(path, data=raw, content_type="application/json", **api_auth)
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["error"] == f"body is not JSON: {reason}"
+    assert snapshot()[:2] == before[:2]
+
+
 def test_whatsapp_body_over_the_upload_limit_is_a_json_400(client) -> None:
     raw = json.dumps(
         {**whatsapp_body(), "pad": "x" * django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE}
