@@ -135,17 +135,6 @@ def _record_attempt(inbound: Message, tenant_id: int, attempt: Attempt) -> None:
     )
 
 
-def _release_db_connection() -> None:
-    """Give the database connection back before a slow model call.
-
-    An `ai` worker runs ~100 threads; holding a connection each through a
-    model call of seconds would exhaust PostgreSQL's max_connections. The next
-    query reconnects. Inside a transaction (tests, callers' atomic blocks) the
-    connection is kept.
-    """
-    connection_release()
-
-
 def reply_generate(*, message_id: Any) -> Message | None:
     """Generate and store the reply to an inbound message, exactly once.
 
@@ -169,11 +158,11 @@ def reply_generate(*, message_id: Any) -> Message | None:
             now=now,
             stale_before=stale,
             # A database store's history comes with the claim (PostgreSQL).
-            history_statuses=getattr(store, "history_statuses", ()),
+            history_statuses=store.history_statuses,
             history_length=settings.AI_HISTORY_MESSAGES,
         )
         if inbound is None:
-            return _reply_existing(message_id)
+            return _reply_existing(message_id, store)
         started = time.monotonic()
         tenant_id = inbound.conversation.tenant_id
         agent = agent_for(inbound.conversation.account)
@@ -182,11 +171,14 @@ def reply_generate(*, message_id: Any) -> Message | None:
             ref=f"message:{inbound.id}",
             message=inbound,
             conversation_id=inbound.conversation_id,
-            release=_release_db_connection,
+            release=connection_release,
         )
         if not store.remote:
             history = _history_read(store, inbound, agent.history_length)
-        _release_db_connection()
+        # Back to the pool before the model call: an ai worker runs ~100
+        # threads, and holding a connection each through calls of seconds
+        # would exhaust PostgreSQL's max_connections.
+        connection_release()
     if history is None:  # a round trip to another service: outside the slot
         history = _history_read(store, inbound, agent.history_length)
 
@@ -251,7 +243,7 @@ def reply_generate(*, message_id: Any) -> Message | None:
             return reply
         # Back to the pool now, not after the log line and Celery's
         # bookkeeping: 100 threads share DB_POOL_MAX_SIZE connections.
-        _release_db_connection()
+        connection_release()
     store.record_exchange(inbound=inbound, reply=reply)
     logger.info(
         "reply_generated message=%s reply=%s provider=%s model=%s tokens=%s ms=%s",
@@ -265,7 +257,7 @@ def reply_generate(*, message_id: Any) -> Message | None:
     return reply
 
 
-def _reply_existing(message_id: Any) -> Message | None:
+def _reply_existing(message_id: Any, store: Any) -> Message | None:
     """Return the reply of a message that could not be claimed, if it has one.
 
     A duplicate delivery of an answered message gets the existing reply (its
@@ -276,7 +268,7 @@ def _reply_existing(message_id: Any) -> Message | None:
     existing = Message.objects.filter(reply_to=inbound).first()
     if existing is not None:
         logger.info("idempotent_skip message=%s reply=%s", inbound.id, existing.id)
-        get_store().record_exchange(inbound=inbound, reply=existing)
+        store.record_exchange(inbound=inbound, reply=existing)
         return existing
     logger.info("idempotent_skip message=%s status=%s", inbound.id, inbound.status)
     return None

@@ -91,9 +91,9 @@ class QoS(kombu_redis.QoS):
 
     def acks_flush(self) -> None:
         """Remove the unacked entries of the acks made since the last flush."""
-        tags, self._acked = self._acked, []
-        if not tags:
+        if not self._acked:  # the loop calls this every turn (on_tick)
             return
+        tags, self._acked = self._acked, []
         try:
             with self.pipe_or_acquire() as pipe:
                 pipe.zrem(self.unacked_index_key, *tags)

@@ -398,9 +398,9 @@ AI_SYSTEM_PROMPT = env.str(
 AI_TOOLS = env.list("AI_TOOLS", default=[])
 # Model turns that may ask for tools before one last call that must answer.
 AI_MAX_TOOL_ROUNDS = env.int("AI_MAX_TOOL_ROUNDS", default=5)
-# Threads of one process that may run the reply task's database work at once
-# (vocoeng/cpu_slots.py); the others wait on their model calls or in line.
-# 0 = no limit.
+# Threads of one process that may run a reply's CPU-bound parts at once (its
+# database work and the model SDK's own, vocoeng/cpu_slots.py); the others
+# wait on their model calls or in line. 0 = no limit.
 AI_WORKER_CPU_SLOTS = env.int("AI_WORKER_CPU_SLOTS", default=1)
 # USD per million tokens, (input, output), per model. Extend or override with
 # AI_PRICES='{"my-model": [0.1, 0.2]}'. Unknown models cost 0 and log a warning.

@@ -6,8 +6,6 @@ from typing import Any
 
 import anthropic
 
-from vocoeng.cpu_slots import cpu_slot
-
 from .base import (
     ChatTurn,
     ProviderError,
@@ -16,6 +14,7 @@ from .base import (
     ToolSpec,
     error_from_status,
     http_transport,
+    sdk_post,
 )
 
 
@@ -72,17 +71,9 @@ class AnthropicProvider:
             ]
             body["tool_choice"] = {"type": tool_choice}
         # ``temperature`` is left out: anthropic 2.x's messages.create() no
-        # longer takes it. The low-level post() keeps the SDK's auth, timeouts
-        # and errors without its typed transform (see the OpenAI provider).
+        # longer takes it.
         try:
-            # In a CPU slot, as the OpenAI provider's call (see there).
-            with cpu_slot():
-                data = self.client.post(
-                    "/v1/messages",
-                    body=body,
-                    cast_to=object,
-                    options={"timeout": timeout} if timeout else {},
-                )
+            data = sdk_post(self.client, "/v1/messages", body, timeout)
         except anthropic.APITimeoutError as exc:
             raise ProviderError(f"anthropic: timeout: {exc}", transient=True) from exc
         except anthropic.APIConnectionError as exc:

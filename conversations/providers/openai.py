@@ -10,8 +10,6 @@ from typing import Any
 
 import openai
 
-from vocoeng.cpu_slots import cpu_slot
-
 from .base import (
     ChatTurn,
     ProviderError,
@@ -20,6 +18,7 @@ from .base import (
     ToolSpec,
     error_from_status,
     http_transport,
+    sdk_post,
 )
 
 
@@ -83,20 +82,7 @@ class OpenAIProvider:
             ]
             body["tool_choice"] = tool_choice
         try:
-            # The SDK's low-level post(): its auth, timeouts and error types, but
-            # not its typed request transform and response models, which cost
-            # ~8 ms of CPU per call (measured) and cap a 100-thread ai worker
-            # far below 100 replies/s on the GIL.
-            # In a CPU slot (vocoeng/cpu_slots.py): building the request and
-            # reading the response are most of a reply's CPU, and the slot's
-            # queue works a burst of replies through in order.
-            with cpu_slot():
-                data = self.client.post(
-                    "/chat/completions",
-                    body=body,
-                    cast_to=object,
-                    options={"timeout": timeout} if timeout else {},
-                )
+            data = sdk_post(self.client, "/chat/completions", body, timeout)
         except openai.APITimeoutError as exc:
             raise ProviderError(f"openai: timeout: {exc}", transient=True) from exc
         except openai.APIConnectionError as exc:

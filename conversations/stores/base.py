@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ..providers.base import ChatTurn
@@ -30,6 +31,9 @@ class ConversationStore(Protocol):
     #: round trip). The reply task reads a local store's history while it
     #: holds a CPU slot (vocoeng/cpu_slots.py), a remote one's after.
     remote: bool
+    #: The message statuses whose rows make the history, when the claim can
+    #: read it in the same statement (the database store); empty otherwise.
+    history_statuses: Sequence[str]
 
     def history(self, *, inbound: Message, limit: int) -> list[ChatTurn]:
         """Return up to ``limit`` turns before ``inbound``, oldest first."""
