@@ -202,3 +202,24 @@ def test_delivery_tags_are_unique_per_channel_and_after_a_fork(monkeypatch) -> N
         assert uuid.UUID(after)  # the shape of kombu's own tags
         one.close()
         two.close()
+
+
+@needs_redis
+@pytest.mark.parametrize("keys", [1, 2])
+def test_push_many_leaves_each_list_as_one_lpush_a_message_would(keys) -> None:
+    """One key goes out as one LPUSH, several as one MULTI/EXEC: either way
+    each list ends as ``_put`` of each message in turn leaves it."""
+    names = [f"vocoeng-test-{uuid.uuid4().hex[:8]}" for _ in range(keys)]
+    entries = [(names[i % keys], f"m{i}") for i in range(6)]
+    with Connection(URL, transport=Transport) as conn:
+        channel = conn.channel()
+        try:
+            channel.push_many(entries)
+            client = channel.client
+            for name in names:
+                expected = [p for k, p in reversed(entries) if k == name]
+                got = [bytes_to_str(v) for v in client.lrange(name, 0, -1)]
+                assert got == expected
+        finally:
+            channel.client.delete(*names)
+            channel.close()

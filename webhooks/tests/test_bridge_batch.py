@@ -188,14 +188,18 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
     """The broker goes away part-way through the batch: every message comes back.
 
     The third publish fails; on Redis, where the batch's messages are pushed
-    together at its end (templated or in kombu's pipeline), so do the pushes.
+    together at its end (templated, by ``Channel.push_many``, or in kombu's
+    pipeline), so do the pushes.
     """
     import redis
     from kombu.exceptions import OperationalError
     from kombu.messaging import Producer
 
+    from vocoeng.kombu_redis import Channel
+
     publish = Producer.publish
     execute = redis.client.Pipeline.execute
+    push_many = Channel.push_many
     calls = []
 
     def fail_from_the_third(self, *args, **kwargs):
@@ -209,6 +213,7 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
 
     monkeypatch.setattr(Producer, "publish", fail_from_the_third)
     monkeypatch.setattr(redis.client.Pipeline, "execute", connection_lost)
+    monkeypatch.setattr(Channel, "push_many", connection_lost)
 
     outcomes = handle([delivery(n) for n in range(5)])
 
@@ -217,6 +222,7 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
     assert not ProcessedMessage.objects.exists()  # redeliveries can claim again
     monkeypatch.setattr(Producer, "publish", publish)
     monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    monkeypatch.setattr(Channel, "push_many", push_many)
 
     # The redelivery: every message is enqueued (a chain that reached the
     # broker before the failure, where publishing is not batched, may be
