@@ -198,8 +198,6 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
     from vocoeng.kombu_redis import Channel
 
     publish = Producer.publish
-    execute = redis.client.Pipeline.execute
-    push_many = Channel.push_many
     calls = []
 
     def fail_from_the_third(self, *args, **kwargs):
@@ -220,9 +218,7 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
     assert outcomes == [Outcome.RETRY] * 5
     assert len(calls) >= 3  # it failed part-way, not before the first publish
     assert not ProcessedMessage.objects.exists()  # redeliveries can claim again
-    monkeypatch.setattr(Producer, "publish", publish)
-    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
-    monkeypatch.setattr(Channel, "push_many", push_many)
+    monkeypatch.undo()  # the broker is back
 
     # The redelivery: every message is enqueued (a chain that reached the
     # broker before the failure, where publishing is not batched, may be
