@@ -168,16 +168,14 @@ def test_broker_down_nacks_the_batch_and_releases_its_claims(queued, monkeypatch
     def refuse(*args, **kwargs):
         raise OperationalError("broker is down")
 
-    monkeypatch.setattr(app, "producer_or_acquire", refuse)
-
-    outcomes = handle([delivery(1), delivery(2)])
+    # The outage's own scope: leaving it brings the broker back and keeps
+    # the autouse fixture's patch.
+    with monkeypatch.context() as outage:
+        outage.setattr(app, "producer_or_acquire", refuse)
+        outcomes = handle([delivery(1), delivery(2)])
 
     assert outcomes == [Outcome.RETRY, Outcome.RETRY]
     assert not ProcessedMessage.objects.exists()  # a redelivery can claim again
-    monkeypatch.undo()
-    monkeypatch.setattr(
-        "webhooks.bridge.handling.dead_letter_publish", lambda *, letter: None
-    )
     assert handle([delivery(1), delivery(2)]) == [Outcome.ENQUEUED] * 2
     assert queued() == 2
 
@@ -209,16 +207,15 @@ def test_a_broker_outage_in_the_middle_of_a_batch_nacks_it_and_loses_nothing(
     def connection_lost(self, *args, **kwargs):
         raise redis.ConnectionError("connection lost")
 
-    monkeypatch.setattr(Producer, "publish", fail_from_the_third)
-    monkeypatch.setattr(redis.client.Pipeline, "execute", connection_lost)
-    monkeypatch.setattr(Channel, "push_many", connection_lost)
-
-    outcomes = handle([delivery(n) for n in range(5)])
+    with monkeypatch.context() as outage:  # left, the broker is back
+        outage.setattr(Producer, "publish", fail_from_the_third)
+        outage.setattr(redis.client.Pipeline, "execute", connection_lost)
+        outage.setattr(Channel, "push_many", connection_lost)
+        outcomes = handle([delivery(n) for n in range(5)])
 
     assert outcomes == [Outcome.RETRY] * 5
     assert len(calls) >= 3  # it failed part-way, not before the first publish
     assert not ProcessedMessage.objects.exists()  # redeliveries can claim again
-    monkeypatch.undo()  # the broker is back
 
     # The redelivery: every message is enqueued (a chain that reached the
     # broker before the failure, where publishing is not batched, may be
