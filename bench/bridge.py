@@ -6,6 +6,9 @@ N chat messages (unique message ids, ``kind=chat_message``) with the real
 client, so both subscriptions hold all N. Then:
 
 (a) a bare subscriber (real client, streaming pull, flow control) only acks;
+(a') the bridge's own stream (vocoeng.pubsub.StreamingPull: the same client's
+    channel, raw protobufs, batched acks) only acks: what the stream alone
+    costs, for reference (the ratio is taken against (a));
 (b) the bridge (subprocess, as users start it) routes each message through the
     real ``chat_message`` route (stores the inbound row) and enqueues its reply
     chain into Redis (no worker runs), acking after the broker accepted it;
@@ -43,10 +46,12 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(1, str(ROOT))  # vocoeng.pubsub.StreamingPull for (a')
 
 from _common import cpu_seconds, emit, free_port  # noqa: E402
 
@@ -127,42 +132,87 @@ def publish(topic: str, n: int) -> float:
     return n / elapsed
 
 
+class Acked:
+    """Count the distinct messages a bare subscriber acked, timing from the first."""
+
+    def __init__(self, n: int, window: Window) -> None:
+        self.n, self.window = n, window
+        self.lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.first = 0.0
+        self.done = threading.Event()
+        self.cpu_start = time.process_time()
+
+    def add(self, message_ids: Iterable[str]) -> None:
+        with self.lock:
+            if not self.first:
+                self.first = time.monotonic()
+                self.window.start()
+            self.seen.update(message_ids)
+            if len(self.seen) >= self.n:
+                self.done.set()
+
+    def wait(self, what: str) -> tuple[float, float]:
+        """Wait for all n; return messages/s and this process's CPU µs a message."""
+        if not self.done.wait(600):
+            raise RuntimeError(f"{what} got {len(self.seen)}/{self.n}")
+        self.window.end()
+        elapsed = time.monotonic() - self.first
+        cpu = time.process_time() - self.cpu_start
+        return self.n / elapsed, cpu / self.n * 1e6
+
+
 def bare(
     subscription: str, n: int, max_in_flight: int, window: Window
 ) -> tuple[float, float]:
     from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
-    lock = threading.Lock()
-    seen: set[str] = set()
-    first: list[float] = []
-    done = threading.Event()
+    acked = Acked(n, window)
 
     def callback(message) -> None:
         message.ack()
-        with lock:
-            if not first:
-                first.append(time.monotonic())
-                window.start()
-            seen.add(message.message_id)
-            if len(seen) >= n:
-                done.set()
+        acked.add((message.message_id,))
 
-    cpu_start = time.process_time()
     future = subscriber.subscribe(
         subscription,
         callback,
         flow_control=pubsub_v1.types.FlowControl(max_messages=max_in_flight),
     )
-    if not done.wait(600):
-        raise RuntimeError(f"bare subscriber got {len(seen)}/{n}")
-    window.end()
-    elapsed = time.monotonic() - first[0]
-    cpu = time.process_time() - cpu_start
+    result = acked.wait("bare subscriber")
     future.cancel()
     future.result(timeout=30)
     subscriber.close()
-    return n / elapsed, cpu / n * 1e6
+    return result
+
+
+def bare_stream(
+    subscription: str, n: int, max_in_flight: int, window: Window
+) -> tuple[float, float]:
+    """Do what :func:`bare` does through the bridge's own StreamingPull."""
+    from google.cloud import pubsub_v1
+
+    from vocoeng.pubsub import StreamingPull
+
+    subscriber = pubsub_v1.SubscriberClient()
+    acked = Acked(n, window)
+
+    def on_messages(messages) -> None:
+        for message in messages:
+            message.ack()
+        acked.add(m.message_id for m in messages)
+
+    stream = StreamingPull(
+        client=subscriber,
+        path=subscription,
+        on_messages=on_messages,
+        max_messages=max_in_flight,
+        translate=lambda exc: exc,
+    ).start()
+    result = acked.wait("bare stream")
+    stream.stop(timeout=30)
+    subscriber.close()
+    return result
 
 
 def tree_cpu(pid: int) -> float:
@@ -364,7 +414,8 @@ def main() -> None:
         topic = f"projects/{PROJECT}/topics/vocoeng-messages"
         bare_sub = f"projects/{PROJECT}/subscriptions/bench-bare"
         noop_sub = f"projects/{PROJECT}/subscriptions/bench-noop"
-        for name in (bare_sub, noop_sub):
+        stream_sub = f"projects/{PROJECT}/subscriptions/bench-stream"
+        for name in (bare_sub, noop_sub, stream_sub):
             subscriber.create_subscription(
                 request={"name": name, "topic": topic, "ack_deadline_seconds": 600}
             )
@@ -380,6 +431,7 @@ def main() -> None:
         Window.emulator_pid = emulator.pid
         wa, wb, wb0 = Window(), Window(), Window()
         a, a_cpu = bare(bare_sub, n, args.max_in_flight, wa)
+        a2, a2_cpu = bare_stream(stream_sub, n, args.max_in_flight, Window())
         b, b_cpu = bridge(
             env, r, queue_key(prefix), n, "vocoeng-messages-bridge", extra, wb
         )
@@ -409,6 +461,8 @@ def main() -> None:
             ("publish (real client)", f"{published:,.0f} msg/s"),
             ("(a) bare subscriber, ack only", f"{a:,.0f} msg/s"),
             ("bare subscriber CPU per message", f"{a_cpu:,.0f} µs"),
+            ("(a') the bridge's stream, ack only", f"{a2:,.0f} msg/s"),
+            ("the bridge's stream CPU per message", f"{a2_cpu:,.0f} µs"),
             ("(b) bridge → chat route → Redis", f"{b:,.0f} msg/s"),
             ("(c) b/a (target >= 0.6)", f"{b / a:.2f}"),
             ("bridge CPU per message, chat route", f"{b_cpu:,.0f} µs"),

@@ -43,7 +43,7 @@ class _Item:
 class Bridge:
     """Pull ``subscriptions`` at once; each message is acked only once handled.
 
-    The client's callbacks only hand each message to a queue; ``batch_workers``
+    Each stream's callback only hands its messages to a queue; ``batch_workers``
     threads take up to ``batch_size`` messages at a time (waiting at most
     ``linger_seconds`` for a batch to fill), handle them together (see
     :mod:`batching`) and ack or nack each. A stop first nacks what arrives
@@ -82,7 +82,7 @@ class Bridge:
             else retry_seconds
         )
         self.stopping = threading.Event()
-        self._streams: list[pubsub.Streaming] = []
+        self._streams: list[pubsub.StreamingPull] = []
         kinds = subscription_kinds()
         self._kinds = {name: kinds.get(name, "") for name in self.subscriptions}
         self._counters: dict[tuple[str, str], Any] = {}
@@ -95,26 +95,30 @@ class Bridge:
     def _callback(self, subscription: str) -> Any:
         default_kind = self._kinds[subscription]
         received = metrics.MESSAGES.labels(subscription, "received")
+        nacked = metrics.MESSAGES.labels(subscription, "nacked")
+        put = self._queue.put
 
-        def on_message(message: Any) -> None:
-            delivery = Delivery(
-                subscription=subscription,
-                message_id=message.message_id,
-                data=message.data,
-                attributes=dict(message.attributes),
-                delivery_attempt=message.delivery_attempt,
-                default_kind=default_kind,
-            )
-            received.inc()
+        def on_messages(messages: list[pubsub.Received]) -> None:
+            received.inc(len(messages))
             with self._lock:
                 if self.stopping.is_set():
-                    message.nack()  # for the next bridge
-                    metrics.MESSAGES.labels(subscription, "nacked").inc()
+                    for message in messages:
+                        message.nack()  # for the next bridge
+                    nacked.inc(len(messages))
                     return
-                self._taken += 1
-            self._queue.put(_Item(delivery, message))
+                self._taken += len(messages)
+            for message in messages:
+                delivery = Delivery(
+                    subscription=subscription,
+                    message_id=message.message_id,
+                    data=message.data,
+                    attributes=message.attributes,
+                    delivery_attempt=message.delivery_attempt,
+                    default_kind=default_kind,
+                )
+                put(_Item(delivery, message))
 
-        return on_message
+        return on_messages
 
     def _take_batch(self) -> list[_Item] | None:
         """Return the next batch, or None once closed and drained."""
@@ -226,11 +230,10 @@ class Bridge:
         self._workers.append(nacker)
         for name in self.subscriptions:
             self._streams.append(
-                pubsub.subscribe(
+                pubsub.streaming_pull(
                     subscription=name,
-                    callback=self._callback(name),
+                    on_messages=self._callback(name),
                     max_messages=self.max_in_flight,
-                    inline=True,  # the callback only queues the message
                 )
             )
         logger.info(
@@ -260,9 +263,14 @@ class Bridge:
         while not self.stopping.wait(0.5):
             for stream in self._streams:
                 if stream.done():
-                    failure = stream.error() or pubsub.PubSubError(
-                        f"streaming pull on {stream.subscription} ended",
-                        transient=True,
+                    error = stream.error()
+                    failure = (
+                        error
+                        if isinstance(error, pubsub.PubSubError)
+                        else pubsub.PubSubError(
+                            f"streaming pull on {stream.path} ended: {error}",
+                            transient=True,
+                        )
                     )
                     self.stopping.set()
                     break
@@ -275,7 +283,7 @@ class Bridge:
             # the enqueues in flight finish; their acks go out on open streams
             self._lock.wait_for(lambda: self._taken <= 0, timeout=timeout)
         for stream in self._streams:
-            stream.stop()  # nacks what the client still held back
+            stream.stop()  # nacks what is still outstanding, sends every settle
         self._closed.set()
         self._delayed.put(None)
         for worker in self._workers:

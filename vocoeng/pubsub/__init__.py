@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+
+from .streaming import Received, StreamingPull
 
 _lock = threading.Lock()
 _publisher: Any = None
@@ -277,36 +278,6 @@ def subscription_describe(subscription: str) -> dict[str, Any]:
 # --- Streaming pull (manage.py pubsub_bridge) ------------------------------------
 
 
-class Streaming:
-    """Hold one open streaming pull; ``stop()`` ends it and waits for callbacks."""
-
-    def __init__(self, subscription: str, future: Any) -> None:
-        self.subscription = subscription
-        self._future = future
-
-    def done(self) -> bool:
-        """Return True once the stream has ended (stopped or failed)."""
-        return self._future.done()
-
-    def error(self) -> PubSubError | None:
-        """Return why a finished stream ended, None if it was stopped or runs."""
-        if not self._future.done() or self._future.cancelled():
-            return None
-        try:
-            self._future.result(timeout=0)
-        except Exception as exc:  # translated below
-            return _translate(self.subscription, exc)
-        return None
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop pulling, nack what was not handed out, wait for running callbacks."""
-        self._future.cancel()
-        try:
-            self._future.result(timeout=timeout)
-        except Exception:  # noqa: S110 - a cancelled stream ends with one
-            pass
-
-
 def _translate(subscription: str, exc: Exception) -> PubSubError:
     from google.api_core import exceptions as gexc
 
@@ -320,69 +291,24 @@ def _translate(subscription: str, exc: Exception) -> PubSubError:
     return PubSubError(f"streaming pull on {subscription}: {exc}", transient=True)
 
 
-def _inline_scheduler() -> Any:
-    """Return a client scheduler that runs each callback at once, in place.
-
-    For callbacks that only hand the message over (a queue put): no thread
-    pool hop per message (a Future, a work queue and a thread wake-up each,
-    ~10% of the bridge's time with the default ThreadScheduler). The callback
-    runs on the client's own thread, so it must never block.
-    """
-    import queue
-
-    from google.cloud.pubsub_v1.subscriber.scheduler import Scheduler
-
-    class InlineScheduler(Scheduler):
-        def __init__(self) -> None:
-            self._queue: queue.Queue = queue.Queue()
-
-        @property
-        def queue(self) -> queue.Queue:
-            return self._queue
-
-        def schedule(self, callback: Callable, *args: Any, **kwargs: Any) -> None:
-            callback(*args, **kwargs)
-
-        def shutdown(self, await_msg_callbacks: bool = False) -> list[Any]:
-            return []  # nothing waits: every callback has already run
-
-    return InlineScheduler()
-
-
-def subscribe(
+def streaming_pull(
     *,
     subscription: str,
-    callback: Callable[[Any], None],
+    on_messages: Callable[[list[Received]], None],
     max_messages: int,
-    max_workers: int | None = None,
-    inline: bool = False,
-) -> Streaming:
-    """Open a streaming pull on ``subscription`` with flow control.
+) -> StreamingPull:
+    """Open and start a streaming pull on ``subscription`` with flow control.
 
-    ``callback(message)`` runs on a pool of ``max_workers`` threads with the
-    client's Message (``data``, ``attributes``, ``message_id``,
-    ``delivery_attempt``, ``ack()``, ``nack()``); at most ``max_messages`` are
-    outstanding (leased, not yet acked or nacked) at a time. ``inline=True``
-    runs it on the client's own thread instead (see :func:`_inline_scheduler`).
+    ``on_messages(messages)`` gets the messages of each response, on the
+    stream's own thread (it must only hand them over); each is a
+    :class:`Received` (``data``, ``attributes``, ``message_id``,
+    ``delivery_attempt``, ``ack()``, ``nack()``). At most ``max_messages`` are
+    outstanding at a time. See :mod:`vocoeng.pubsub.streaming`.
     """
-    from google.cloud import pubsub_v1
-    from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
-
-    if inline:
-        scheduler = _inline_scheduler()
-    else:
-        workers = max_workers or min(max(max_messages, 1), 64)
-        scheduler = ThreadScheduler(
-            executor=ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix=f"pubsub-{subscription}"
-            )
-        )
-    future = subscriber().subscribe(
-        subscription_path(subscription),
-        callback,
-        flow_control=pubsub_v1.types.FlowControl(max_messages=max_messages),
-        scheduler=scheduler,
-        # cancel() then waits for the callbacks running at that moment.
-        await_callbacks_on_shutdown=True,
-    )
-    return Streaming(subscription, future)
+    return StreamingPull(
+        client=subscriber(),
+        path=subscription_path(subscription),
+        on_messages=on_messages,
+        max_messages=max_messages,
+        translate=lambda exc: _translate(subscription, exc),
+    ).start()
