@@ -16,7 +16,7 @@ client, so both subscriptions hold all N. Then:
     ``chat_message`` pointed at a route that only enqueues a no-op task: the
     bridge's own cost (dedup claims, enqueue, ack) without the route's writes.
 
-The bridge runs with the command's defaults (``--batch-workers 1``, batch size
+The bridge runs with the command's defaults (``--batch-workers 2``, batch size
 200) and the bare subscriber's ``--max-in-flight``; ``--processes N`` runs N
 bridge processes (each with that flow control) and counts the CPU of all.
 
@@ -357,7 +357,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--max-in-flight", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--batch-workers", type=int, default=1)
+    parser.add_argument("--batch-workers", type=int, default=2)
     parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
     n = args.messages

@@ -50,10 +50,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--batch-workers",
             type=int,
-            default=1,
+            default=2,
             help="threads handling batches concurrently (each holds one database "
-            "connection: keep DB_POOL_MAX_SIZE at least this); one is fastest "
-            "where the bridge is CPU-bound (they share one GIL)",
+            "connection: keep DB_POOL_MAX_SIZE at least this); two measured "
+            "fastest: one's database and broker round trips overlap the other's "
+            "work, and more only share the one GIL",
         )
         parser.add_argument(
             "--broker-retry-seconds",
