@@ -316,9 +316,13 @@ def bridge(
         stderr=subprocess.STDOUT,
     )
     try:
+        give_up = time.monotonic() + 120
         while r.llen(key) == 0:
             if proc.poll() is not None:
                 raise RuntimeError("the bridge exited")
+            if time.monotonic() > give_up:
+                # e.g. every message dead-lettered: BENCH_BRIDGE_LOG says why
+                raise RuntimeError("the bridge queued nothing in 120 s")
             time.sleep(0.01)
         started, base_count = time.monotonic(), r.llen(key)
         cpu_start = tree_cpu(proc.pid)
