@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from webhooks.tests import payloads
@@ -42,22 +45,26 @@ def _refuse(*args, **kwargs):
 
 
 @pytest.fixture
-def broker_down(monkeypatch):
-    """Return ``down()``: the broker refuses every message until
-    ``monkeypatch.undo()``.
+def broker_down():
+    """Return ``down()``, a context manager: inside it the broker refuses everything.
 
     Both ways a message leaves this process are refused: kombu's
     ``Producer.publish`` (under Celery's apply_async) and, on our Redis
     transport, the LPUSH of templated messages (``vocoeng.celery_batch``: the
-    webhook hand-off keeps its message template across requests).
+    webhook hand-off keeps its message template across requests). The outage
+    has a monkeypatch of its own, so leaving the block brings the broker back
+    and leaves whatever else the test patched in place.
     """
     from kombu import Producer
 
     from vocoeng.kombu_redis import Channel
 
-    def down() -> None:
-        monkeypatch.setattr(Producer, "publish", _refuse)
-        monkeypatch.setattr(Channel, "push_many", _refuse)
+    @contextmanager
+    def down() -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as outage:
+            outage.setattr(Producer, "publish", _refuse)
+            outage.setattr(Channel, "push_many", _refuse)
+            yield
 
     return down
 

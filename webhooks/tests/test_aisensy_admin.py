@@ -68,13 +68,12 @@ def test_aisensy_body_that_is_not_an_event_is_400(client) -> None:
 
 
 def test_admin_replay_reprocesses_a_failed_delivery_once(
-    client, post_whatsapp, queued, monkeypatch, broker_down
+    client, post_whatsapp, queued, broker_down
 ) -> None:
     # The broker refuses the delivery's task: recorded as failed, not acted on.
-    broker_down()
     body = p.notification([p.text("15559990000", "replay me")])
-    assert post_whatsapp(body).status_code == 503
-    monkeypatch.undo()
+    with broker_down():
+        assert post_whatsapp(body).status_code == 503
     delivery = WebhookDelivery.objects.get()
     assert delivery.verdict == "failed"
     assert not Message.objects.exists()
