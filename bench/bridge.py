@@ -5,7 +5,9 @@ adds a second subscription ("bench-bare") to the inbound topic, and publishes
 N chat messages (unique message ids, ``kind=chat_message``) with the real
 client, so both subscriptions hold all N. Then:
 
-(a) a bare subscriber (real client, streaming pull, flow control) only acks;
+(a) a bare subscriber (real client, streaming pull, flow control) only acks,
+    once before (b) and once after, on two more subscriptions: the ratios
+    are taken against the mean of the two, as the machine's speed drifts;
 (a') the bridge's own stream (vocoeng.pubsub.StreamingPull: the same client's
     channel, raw protobufs, batched acks) only acks: what the stream alone
     costs, for reference (the ratio is taken against (a));
@@ -417,9 +419,10 @@ def main() -> None:
         subscriber = pubsub_v1.SubscriberClient()
         topic = f"projects/{PROJECT}/topics/vocoeng-messages"
         bare_sub = f"projects/{PROJECT}/subscriptions/bench-bare"
+        after_sub = f"projects/{PROJECT}/subscriptions/bench-bare-after"
         noop_sub = f"projects/{PROJECT}/subscriptions/bench-noop"
         stream_sub = f"projects/{PROJECT}/subscriptions/bench-stream"
-        for name in (bare_sub, noop_sub, stream_sub):
+        for name in (bare_sub, after_sub, noop_sub, stream_sub):
             subscriber.create_subscription(
                 request={"name": name, "topic": topic, "ack_deadline_seconds": 600}
             )
@@ -434,11 +437,16 @@ def main() -> None:
         published = publish(topic, n)
         Window.emulator_pid = emulator.pid
         wa, wb, wb0 = Window(), Window(), Window()
-        a, a_cpu = bare(bare_sub, n, args.max_in_flight, wa)
+        a_before, cpu_before = bare(bare_sub, n, args.max_in_flight, wa)
         a2, a2_cpu = bare_stream(stream_sub, n, args.max_in_flight, Window())
         b, b_cpu = bridge(
             env, r, queue_key(prefix), n, "vocoeng-messages-bridge", extra, wb
         )
+        # (a) again right after (b): the machine's speed drifts by tens of
+        # percent within a minute here, so (b) is compared with the mean of
+        # the two runs that bracket it (both printed).
+        a_after, cpu_after = bare(after_sub, n, args.max_in_flight, Window())
+        a, a_cpu = (a_before + a_after) / 2, (cpu_before + cpu_after) / 2
         queued, distinct = count_chains(r, queue_key(prefix))
         lost, duplicated = n - distinct, queued - distinct
         # The same messages (same ids) again, through a route that only
@@ -464,6 +472,7 @@ def main() -> None:
         rows = [
             ("publish (real client)", f"{published:,.0f} msg/s"),
             ("(a) bare subscriber, ack only", f"{a:,.0f} msg/s"),
+            ("(a) before / after (b)", f"{a_before:,.0f} / {a_after:,.0f}"),
             ("bare subscriber CPU per message", f"{a_cpu:,.0f} µs"),
             ("(a') the bridge's stream, ack only", f"{a2:,.0f} msg/s"),
             ("the bridge's stream CPU per message", f"{a2_cpu:,.0f} µs"),
