@@ -379,6 +379,8 @@ def main() -> None:
         **os.environ,
         "DJANGO_DEV": "1",
         "DJANGO_DEBUG": "0",  # as deployed: no SQL capture per query
+        # as deployed: JSON lines (~13 µs a line here, the console's ~5)
+        "LOG_FORMAT": "json",
         "VOCOENG_VAR_DIR": str(tmp),
         "DATABASE_URL": db_url,
         "CELERY_BROKER_URL": redis_url,
