@@ -48,8 +48,8 @@ class Bridge:
     ``linger_seconds`` for a batch to fill), handle them together (see
     :mod:`batching`) and ack or nack each. A stop first nacks what arrives
     from then on, waits until every message taken is acked or nacked, and
-    only then closes the streams, so the acks of the enqueues in flight are
-    sent before the streams go.
+    only then stops the streams, which send every ack and nack queued (those
+    of the enqueues in flight too) before they return.
     """
 
     def __init__(
@@ -280,7 +280,7 @@ class Bridge:
         """Stop taking messages, settle those taken, then close the streams."""
         with self._lock:
             self.stopping.set()  # callbacks nack from here on
-            # the enqueues in flight finish; their acks go out on open streams
+            # the enqueues in flight finish and queue their acks
             self._lock.wait_for(lambda: self._taken <= 0, timeout=timeout)
         for stream in self._streams:
             stream.stop()  # nacks what is still outstanding, sends every settle
