@@ -3,7 +3,8 @@
 Starts gunicorn with the Procfile's ``web`` line on a fresh var dir and
 database (migrated first), sends N signed webhook POSTs (unique wamids) from C
 keep-alive client threads (pre-built requests on raw sockets, so the generator
-stays cheap: it shares the cores), then the same load against
+stays cheap: it shares the cores), and the same load right before and right
+after it (their mean is the baseline: the machine's speed drifts) against
 ``bench/django_noop.py`` (Django's full stack, a view that only returns 200:
 the framework's floor) and ``bench/bare_wsgi.py`` under the same gunicorn
 config. Prints requests/s, p50/p99 and CPU per request (server process tree,
@@ -324,12 +325,17 @@ def main() -> int:
     run_started = timezone.now()  # this run's deliveries (the database is kept)
     load_before = os.getloadavg()
     results = {}
-    targets = (
-        ("webhook", "vocoeng.wsgi"),
+    # The no-op view runs right before and right after the webhook, and the
+    # ratio is taken against the mean of the two: the machine's speed drifts
+    # by tens of percent from one minute to the next here.
+    runs = (
         ("django", "bench.django_noop:app"),
+        ("webhook", "vocoeng.wsgi"),
+        ("django_after", "bench.django_noop:app"),
         ("bare", "bench.bare_wsgi:app"),
     )
-    for name, wsgi in targets:
+    targets = [(name, wsgi) for name, wsgi in runs if name != "django_after"]
+    for name, wsgi in runs:
         port = free_port()
         proc = gunicorn(wsgi, port, env)
         try:
@@ -350,6 +356,14 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(20)
+
+    noop_runs = (results["django"], results.pop("django_after"))
+    averaged = ("rps", "p50_ms", "p99_ms", "server_cpu_ms", "services_cpu_ms")
+    results["django"] = {
+        **{key: sum(r[key] for r in noop_runs) / 2 for key in averaged},
+        "client_cpu_ms": sum(r["client_cpu_ms"] for r in noop_runs) / 2,
+        "statuses": dict(sum((Counter(r["statuses"]) for r in noop_runs), Counter())),
+    }
 
     # The worker's half: drain the deliveries the webhook recorded and queued.
     deliveries = WebhookDelivery.objects.filter(
@@ -391,6 +405,11 @@ def main() -> int:
             f"{r['server_cpu_ms']:>19.2f}{r['client_cpu_ms']:>19.2f}"
             f"{r['services_cpu_ms']:>21.2f}  {r['statuses']}"
         )
+    print(
+        "django no-op before / after the webhook: "
+        + " / ".join(f"{r['rps']:.0f}" for r in noop_runs)
+        + " req/s (the django row: their mean)"
+    )
     print(
         f"ratio webhook/django-noop req/s: {web['rps'] / results['django']['rps']:.2f}"
         " (target >= 0.5)"
