@@ -358,10 +358,16 @@ def main() -> int:
             proc.wait(20)
 
     noop_runs = (results["django"], results.pop("django_after"))
-    averaged = ("rps", "p50_ms", "p99_ms", "server_cpu_ms", "services_cpu_ms")
+    averaged = (
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "server_cpu_ms",
+        "services_cpu_ms",
+        "client_cpu_ms",
+    )
     results["django"] = {
         **{key: sum(r[key] for r in noop_runs) / 2 for key in averaged},
-        "client_cpu_ms": sum(r["client_cpu_ms"] for r in noop_runs) / 2,
         "statuses": dict(sum((Counter(r["statuses"]) for r in noop_runs), Counter())),
     }
 

@@ -55,6 +55,13 @@ def _apply_emulator_env() -> None:
         os.environ["PUBSUB_EMULATOR_HOST"] = settings.PUBSUB_EMULATOR_HOST
 
 
+def _not_found(subscription: str) -> SubscriptionNotFound:
+    return SubscriptionNotFound(
+        f"subscription {subscription} does not exist in project "
+        f"{settings.PUBSUB_PROJECT_ID} (run `manage.py pubsub_setup`)"
+    )
+
+
 def _credentials_error(exc: Exception) -> CredentialsMissing:
     return CredentialsMissing(
         "no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS (or run on "
@@ -255,10 +262,7 @@ def subscription_describe(subscription: str) -> dict[str, Any]:
             request={"subscription": subscription_path(subscription)}, timeout=10
         )
     except gexc.NotFound as exc:
-        raise SubscriptionNotFound(
-            f"subscription {subscription} does not exist in project "
-            f"{settings.PUBSUB_PROJECT_ID} (run `manage.py pubsub_setup`)"
-        ) from exc
+        raise _not_found(subscription) from exc
     except gexc.GoogleAPICallError as exc:
         raise PubSubError(
             f"get subscription {subscription}: {exc}", transient=True
@@ -282,10 +286,7 @@ def _translate(subscription: str, exc: Exception) -> PubSubError:
     from google.api_core import exceptions as gexc
 
     if isinstance(exc, gexc.NotFound):
-        return SubscriptionNotFound(
-            f"subscription {subscription} does not exist in project "
-            f"{settings.PUBSUB_PROJECT_ID} (run `manage.py pubsub_setup`)"
-        )
+        return _not_found(subscription)
     if isinstance(exc, PubSubError):
         return exc
     return PubSubError(f"streaming pull on {subscription}: {exc}", transient=True)

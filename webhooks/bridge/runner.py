@@ -263,14 +263,9 @@ class Bridge:
         while not self.stopping.wait(0.5):
             for stream in self._streams:
                 if stream.done():
-                    error = stream.error()
-                    failure = (
-                        error
-                        if isinstance(error, pubsub.PubSubError)
-                        else pubsub.PubSubError(
-                            f"streaming pull on {stream.path} ended: {error}",
-                            transient=True,
-                        )
+                    # error() is the stream's translate(): a PubSubError
+                    failure = stream.error() or pubsub.PubSubError(
+                        f"streaming pull on {stream.path} ended", transient=True
                     )
                     self.stopping.set()
                     break
