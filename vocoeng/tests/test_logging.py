@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -224,6 +225,43 @@ def test_json_records_keep_context_and_drop_celery_task_arguments() -> None:
     assert parsed["message"] == "Task t ok"
     assert parsed["correlation_id"] == "cid-1"
     assert "whole message" not in line
+
+
+def test_json_records_orjson_refuses_are_written_all_the_same() -> None:
+    """A lone surrogate or a 65-bit integer: orjson raises; the line still comes."""
+    formatter = JsonFormatter()
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "body %s", ("caf\udce9",), None
+    )
+    record.big = 2**70
+    record.when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    parsed = json.loads(formatter.format(record))
+    assert parsed["message"] == "body caf\udce9"
+    assert parsed["big"] == 2**70
+    assert parsed["when"] == "2026-01-02T03:04:05+00:00"
+    assert list(parsed)[:4] == ["timestamp", "level", "logger", "message"]
+
+
+def test_json_records_encode_what_the_json_module_did() -> None:
+    """UTF-8 kept as is, dates as ISO 8601, exceptions as text, odd objects as str."""
+    formatter = JsonFormatter()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "héllo %s", ("wörld",), sys.exc_info()
+        )
+    record.day = datetime.date(2026, 11, 23)
+    record.ident = uuid.UUID(int=1)
+    record.thing = object()
+    line = formatter.format(record)
+    assert "héllo wörld" in line  # not \\u escapes
+    parsed = json.loads(line)
+    assert parsed["day"] == "2026-11-23"
+    assert parsed["ident"] == "00000000-0000-0000-0000-000000000001"
+    assert parsed["thing"].startswith("<object object at")
+    assert "ValueError: boom" in parsed["exc_info"]
+    assert parsed["timestamp"].endswith("+00:00")
 
 
 def test_console_lines_end_with_the_correlation_id() -> None:
