@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from . import correlation
 from .models import BusMessage
 from .routing import route_message
 
@@ -38,9 +39,13 @@ def publish(
     """Publish ``payload`` on ``topic``; ``key`` makes a retry publish once.
 
     Returns the BusMessage record for recorded topics, None for inbound topics
-    handed straight to Celery.
+    handed straight to Celery. The correlation id current here (the request's,
+    the task's) goes with the message as its ``correlation_id`` attribute, so
+    the bridge, the push endpoint and consumers of the responses topic log it.
     """
     attributes = dict(attributes or {})
+    if (cid := correlation.current()) is not None:
+        attributes.setdefault("correlation_id", cid)
     kind = topic_kinds().get(topic)
     if kind is not None:
         attributes.setdefault("kind", kind)

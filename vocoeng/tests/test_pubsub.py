@@ -8,7 +8,7 @@ import json
 import pytest
 from django.core.management import call_command
 
-from vocoeng import bus, pubsub
+from vocoeng import bus, correlation, pubsub
 from vocoeng.models import BusMessage
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -115,4 +115,47 @@ def test_bus_pubsub_publishes_an_inbound_message_once(pubsub_settings, settings)
     assert json.loads(message.data) == payload
     assert message.attributes["kind"] == "chat_message"
     assert message.attributes["idempotency_key"] == "m-1"
+    assert "correlation_id" not in message.attributes  # none was current
     assert _pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES) == []
+
+
+@pytest.mark.django_db
+def test_bus_pubsub_messages_carry_the_current_correlation_id(
+    pubsub_settings, settings
+):
+    """The request's (or task's) id travels as the ``correlation_id`` attribute."""
+    settings.BUS = "pubsub"
+    _setup()
+    pubsub.subscription_ensure(
+        pubsub.SubscriptionSpec(
+            name="responses-check",
+            topic=settings.PUBSUB_TOPIC_RESPONSES,
+            dead_letter=False,
+        )
+    )
+    payload = {"source": "api", "user_id": "u1", "message": "hi", "message_id": "m-2"}
+    token = correlation.activate("req-77")
+    try:
+        bus.publish(topic=settings.PUBSUB_TOPIC_MESSAGES, payload=payload, key="m-2")
+        bus.publish(
+            topic=settings.PUBSUB_TOPIC_RESPONSES,
+            payload={"message_id": "r-1"},
+            key="r-1",
+            attributes={"kind": "chat_response"},
+        )
+        # an id the caller set on purpose wins
+        bus.publish(
+            topic=settings.PUBSUB_TOPIC_RESPONSES,
+            payload={"message_id": "r-2"},
+            key="r-2",
+            attributes={"correlation_id": "given-1"},
+        )
+    finally:
+        correlation.deactivate(token)
+    (inbound,) = _pull(settings.PUBSUB_SUBSCRIPTION_MESSAGES)
+    assert inbound.attributes["correlation_id"] == "req-77"
+    responses = {
+        json.loads(m.data)["message_id"]: m.attributes for m in _pull("responses-check")
+    }
+    assert responses["r-1"]["correlation_id"] == "req-77"
+    assert responses["r-2"]["correlation_id"] == "given-1"

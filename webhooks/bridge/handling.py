@@ -21,7 +21,7 @@ from django.db import DatabaseError, connection
 from kombu.exceptions import OperationalError as BrokerError
 
 from vocoeng import pubsub
-from vocoeng.correlation import headers_for
+from vocoeng.correlation import headers_for, well_formed
 from vocoeng.deadletters import dead_letter_publish, dead_letter_record
 from vocoeng.routing import PermanentMessageError, decode_json, route_message
 
@@ -79,8 +79,12 @@ class Delivery:
         self.key = self.attributes.get("idempotency_key") or self.message_id
         if len(self.key) > KEY_MAX:
             self.key = "sha256:" + hashlib.sha256(self.key.encode()).hexdigest()
+        # As the push endpoint does: a malformed id (spaces, newlines, too
+        # long) would break log lines and task headers; the message's own
+        # id stands in for it.
+        given = self.attributes.get("correlation_id")
         self.correlation_id = (
-            self.attributes.get("correlation_id") or f"pubsub-{self.message_id}"
+            given if well_formed(given) else f"pubsub-{self.message_id}"
         )
 
 

@@ -57,6 +57,7 @@ def test_every_kind_goes_through_the_bridge_once(
             data=json.dumps(body),
             content_type="application/json",
             HTTP_AUTHORIZATION=f"Token {token}",
+            HTTP_X_REQUEST_ID="e2e-req-1",
         )
         assert answer.status_code == 202, answer.content
 
@@ -83,6 +84,10 @@ def test_every_kind_goes_through_the_bridge_once(
     (message,) = got
     response = json.loads(message.data)
     assert message.attributes["kind"] == "chat_response"
+    # The request's id went with the inbound message, through the bridge and
+    # the reply chain's tasks, onto the response.
+    assert message.attributes["correlation_id"] == "e2e-req-1"
+    assert "correlation_id=e2e-req-1" in bridge.output()
     assert response["external_message_id"] == "ext-e2e-1"
     assert response["user_id"] == "15551234567"
     assert response["original_message"] == "Hello over Pub/Sub"

@@ -245,3 +245,20 @@ def test_attributes_that_do_not_fit_their_columns_are_handled(
         assert handle(d) == Outcome.DUPLICATE  # the long key still dedups
     else:
         assert_dead_lettered(d, outcome, before)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["two words", "line\nbreak", "x" * 129, "", "-leading-dash", "caf\u00e9"],
+)
+def test_a_malformed_correlation_id_attribute_is_replaced_by_the_message_id(
+    given: str,
+) -> None:
+    # As the push endpoint does: the id goes into log lines and task headers.
+    d = delivery(b"{}", kind="chat_message", correlation_id=given)
+    assert d.correlation_id == f"pubsub-{d.message_id}"
+
+
+def test_a_well_formed_correlation_id_attribute_is_kept() -> None:
+    d = delivery(b"{}", kind="chat_message", correlation_id="req-42.a:b_c")
+    assert d.correlation_id == "req-42.a:b_c"
