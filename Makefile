@@ -20,13 +20,15 @@ migrate: install
 	$(PY) manage.py migrate --noinput
 
 # Web + worker on the embedded defaults (SQLite, filesystem broker, echo AI).
+# The worker embeds celery beat (-B): the pipeline reaper and the webhook
+# deliveries sweep run locally too (production: the Procfile's own beat).
 run: migrate
 	@echo ""
 	@echo "  VocoEng is starting at http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
 	@echo "  try: curl -s -X POST http://127.0.0.1:$(PORT)/process -H 'Content-Type: application/json' -d '{\"source\":\"api\",\"user_id\":\"demo\",\"message\":\"Hello\"}'"
 	@echo ""
 	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
-	$(VENV)/bin/celery -A vocoeng worker -Q default,ai,analytics -P threads -c 16 -l info & \
+	$(VENV)/bin/celery -A vocoeng worker -B -Q default,ai,analytics -P threads -c 16 -l info & \
 	$(PY) manage.py runserver 127.0.0.1:$(PORT) --noreload
 
 web: migrate
