@@ -1,4 +1,4 @@
-"""Talk to Google Cloud Pub/Sub: the only module that imports google-cloud-pubsub.
+"""Talk to Google Cloud Pub/Sub: the only package that imports google-cloud-pubsub.
 
 ``PUBSUB_EMULATOR_HOST`` points the real client at an emulator (ours:
 ``python -m vocoeng.pubsub_emulator``, or Google's); no credentials are needed
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -21,10 +20,6 @@ from .streaming import Received, StreamingPull
 _lock = threading.Lock()
 _publisher: Any = None
 _subscriber: Any = None
-
-ACK_DEADLINE_SECONDS = 600
-MAX_DELIVERY_ATTEMPTS = 5
-RETENTION_SECONDS = 7 * 24 * 3600
 
 
 class PubSubError(Exception):
@@ -150,7 +145,7 @@ class _PublishFuture:
             raise PubSubError(
                 f"topic {self.topic} does not exist", transient=False
             ) from exc
-        except (gexc.GoogleAPICallError, TimeoutError) as exc:
+        except (gexc.GoogleAPIError, TimeoutError) as exc:
             raise PubSubError(
                 f"publish to {self.topic} failed: {exc}", transient=True
             ) from exc
@@ -165,118 +160,14 @@ def publish_async(
 
 
 def topic_check(topic: str, timeout: float = 3.0) -> None:
-    """Raise unless ``topic`` exists and Pub/Sub answers within ``timeout``."""
-    publisher().get_topic(request={"topic": topic_path(topic)}, timeout=timeout)
+    """Raise unless ``topic`` exists and Pub/Sub answers within ``timeout``.
 
-
-# --- Topics and subscriptions (manage.py pubsub_setup) -------------------------------
-
-
-@dataclass(frozen=True)
-class SubscriptionSpec:
-    """Describe one subscription that ``pubsub_setup`` creates."""
-
-    name: str
-    topic: str
-    dead_letter: bool = True
-
-
-def topics_wanted() -> list[str]:
-    """Return every topic VocoEng uses, from settings."""
-    return [
-        settings.PUBSUB_TOPIC_MESSAGES,
-        settings.PUBSUB_TOPIC_RESPONSES,
-        settings.PUBSUB_TOPIC_JOBS,
-        settings.PUBSUB_TOPIC_VOC,
-        settings.PUBSUB_TOPIC_DEAD_LETTER,
-    ]
-
-
-def subscriptions_wanted() -> list[SubscriptionSpec]:
-    """Return the bridge's subscriptions and the dead-letter store, from settings."""
-    return [
-        SubscriptionSpec(
-            settings.PUBSUB_SUBSCRIPTION_MESSAGES, settings.PUBSUB_TOPIC_MESSAGES
-        ),
-        SubscriptionSpec(settings.PUBSUB_SUBSCRIPTION_JOBS, settings.PUBSUB_TOPIC_JOBS),
-        SubscriptionSpec(settings.PUBSUB_SUBSCRIPTION_VOC, settings.PUBSUB_TOPIC_VOC),
-        # Dead letters must not be dead-lettered again.
-        SubscriptionSpec(
-            settings.PUBSUB_SUBSCRIPTION_DEAD_LETTER,
-            settings.PUBSUB_TOPIC_DEAD_LETTER,
-            dead_letter=False,
-        ),
-    ]
-
-
-def topic_ensure(topic: str) -> bool:
-    """Create ``topic`` unless it exists; return True when it was created."""
-    from google.api_core import exceptions as gexc
-
-    try:
-        publisher().create_topic(request={"name": topic_path(topic)}, timeout=30)
-    except gexc.AlreadyExists:
-        return False
-    except gexc.GoogleAPICallError as exc:
-        raise PubSubError(f"create topic {topic}: {exc}", transient=True) from exc
-    return True
-
-
-def subscription_ensure(spec: SubscriptionSpec) -> bool:
-    """Create the subscription unless it exists; return True when it was created.
-
-    Ack deadline 600 s, 7-day retention and (unless ``dead_letter`` is off) a
-    dead-letter policy of 5 delivery attempts onto PUBSUB_TOPIC_DEAD_LETTER.
-    An existing subscription is left as it is.
+    One attempt (for /readyz): the client's retry policy would wait for an
+    unreachable endpoint far longer than ``timeout``.
     """
-    from google.api_core import exceptions as gexc
-
-    request: dict[str, Any] = {
-        "name": subscription_path(spec.name),
-        "topic": topic_path(spec.topic),
-        "ack_deadline_seconds": ACK_DEADLINE_SECONDS,
-        "message_retention_duration": {"seconds": RETENTION_SECONDS},
-    }
-    if spec.dead_letter:
-        request["dead_letter_policy"] = {
-            "dead_letter_topic": topic_path(settings.PUBSUB_TOPIC_DEAD_LETTER),
-            "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS,
-        }
-    try:
-        subscriber().create_subscription(request=request, timeout=30)
-    except gexc.AlreadyExists:
-        return False
-    except gexc.GoogleAPICallError as exc:
-        raise PubSubError(
-            f"create subscription {spec.name}: {exc}", transient=True
-        ) from exc
-    return True
-
-
-def subscription_describe(subscription: str) -> dict[str, Any]:
-    """Return the settings of ``subscription`` that pubsub_setup manages."""
-    from google.api_core import exceptions as gexc
-
-    try:
-        sub = subscriber().get_subscription(
-            request={"subscription": subscription_path(subscription)}, timeout=10
-        )
-    except gexc.NotFound as exc:
-        raise _not_found(subscription) from exc
-    except gexc.GoogleAPICallError as exc:
-        raise PubSubError(
-            f"get subscription {subscription}: {exc}", transient=True
-        ) from exc
-    return {
-        "name": subscription,
-        "topic": sub.topic.rsplit("/", 1)[-1],
-        "ack_deadline_seconds": sub.ack_deadline_seconds,
-        "retention_seconds": int(sub.message_retention_duration.total_seconds()),
-        "dead_letter_topic": sub.dead_letter_policy.dead_letter_topic.rsplit("/", 1)[
-            -1
-        ],
-        "max_delivery_attempts": sub.dead_letter_policy.max_delivery_attempts,
-    }
+    publisher().get_topic(
+        request={"topic": topic_path(topic)}, timeout=timeout, retry=None
+    )
 
 
 # --- Streaming pull (manage.py pubsub_bridge) ------------------------------------
@@ -313,3 +204,45 @@ def streaming_pull(
         max_messages=max_messages,
         translate=lambda exc: _translate(subscription, exc),
     ).start()
+
+
+# Topics and subscriptions (pubsub_setup, the bridge's check): vocoeng.pubsub.admin.
+from .admin import (  # noqa: E402 - it uses the clients above
+    ACK_DEADLINE_SECONDS,
+    MAX_DELIVERY_ATTEMPTS,
+    RETENTION_SECONDS,
+    SubscriptionSpec,
+    endpoint,
+    subscription_describe,
+    subscription_ensure,
+    subscriptions_wanted,
+    topic_ensure,
+    topics_wanted,
+)
+
+__all__ = [
+    "ACK_DEADLINE_SECONDS",
+    "MAX_DELIVERY_ATTEMPTS",
+    "RETENTION_SECONDS",
+    "CredentialsMissing",
+    "PubSubError",
+    "Received",
+    "StreamingPull",
+    "SubscriptionNotFound",
+    "SubscriptionSpec",
+    "endpoint",
+    "publish",
+    "publish_async",
+    "publisher",
+    "reset_clients",
+    "streaming_pull",
+    "subscriber",
+    "subscription_describe",
+    "subscription_ensure",
+    "subscription_path",
+    "subscriptions_wanted",
+    "topic_check",
+    "topic_ensure",
+    "topic_path",
+    "topics_wanted",
+]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import threading
+import time
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from vocoeng import bus, correlation, pubsub
 from vocoeng.models import BusMessage
@@ -159,3 +163,69 @@ def test_bus_pubsub_messages_carry_the_current_correlation_id(
     }
     assert responses["r-1"]["correlation_id"] == "req-77"
     assert responses["r-2"]["correlation_id"] == "given-1"
+
+
+def _dead_address() -> str:
+    """Return a loopback address nothing listens on (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def unreachable(pubsub_settings, settings) -> str:
+    """Point the clients at an address nothing answers on; wait 1 s for it."""
+    address = _dead_address()
+    settings.PUBSUB_EMULATOR_HOST = address
+    settings.PUBSUB_STARTUP_WAIT_SECONDS = 1.0
+    pubsub.reset_clients()
+    return address
+
+
+@pytest.mark.parametrize("command", ["pubsub_setup", "pubsub_bridge"])
+def test_unreachable_pubsub_is_a_clear_error_not_a_hang(unreachable, command):
+    started = time.monotonic()
+    with pytest.raises(CommandError) as raised:
+        call_command(command, stdout=io.StringIO())
+    message = str(raised.value)
+    assert f"Pub/Sub at {unreachable} is unreachable" in message
+    assert "PUBSUB_STARTUP_WAIT_SECONDS" in message
+    # The client's own retry policy waited minutes here (the test's timeout
+    # is 60 s): the wait is the setting's.
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.django_db
+def test_readyz_names_pubsub_when_it_is_unreachable(unreachable, settings, client):
+    settings.BUS = "pubsub"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["pubsub"] == "failing"
+    assert body["checks"]["database"] == "ok"
+    assert "ServiceUnavailable" in body["errors"]["pubsub"]
+
+
+def test_setup_waits_for_an_emulator_that_starts_late(pubsub_settings, settings):
+    """As under docker compose: pubsub_setup starts before the emulator answers."""
+    from vocoeng.pubsub_emulator import PubSubEmulator
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late = PubSubEmulator(host="127.0.0.1", port=port)
+    settings.PUBSUB_EMULATOR_HOST = late.address
+    settings.PUBSUB_STARTUP_WAIT_SECONDS = 30.0
+    pubsub.reset_clients()
+    timer = threading.Timer(1.0, late.start)
+    timer.start()
+    try:
+        out = _setup()
+    finally:
+        timer.join()
+        pubsub.reset_clients()
+        late.stop()
+    assert f"topic {settings.PUBSUB_TOPIC_MESSAGES}: created" in out
+    assert out.count(": created") == len(pubsub.topics_wanted()) + len(
+        pubsub.subscriptions_wanted()
+    )
