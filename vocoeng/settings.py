@@ -330,6 +330,11 @@ PUBSUB_EMULATOR_HOST = env.str("PUBSUB_EMULATOR_HOST", default="")
 # How long pubsub_setup and the bridge's start-up check wait for an unreachable
 # Pub/Sub (an emulator still starting) before they fail with a clear message.
 PUBSUB_STARTUP_WAIT_SECONDS = env.float("PUBSUB_STARTUP_WAIT_SECONDS", default=30.0)
+# How long one publish waits for Pub/Sub's answer (a web request publishing
+# with BUS=pubsub answers 503 after it, within gunicorn's 30 s timeout).
+PUBSUB_PUBLISH_TIMEOUT_SECONDS = env.float(
+    "PUBSUB_PUBLISH_TIMEOUT_SECONDS", default=10.0
+)
 PUBSUB_TOPIC_MESSAGES = env.str("PUBSUB_TOPIC_MESSAGES", default="vocoeng-messages")
 PUBSUB_TOPIC_RESPONSES = env.str("PUBSUB_TOPIC_RESPONSES", default="vocoeng-responses")
 PUBSUB_TOPIC_JOBS = env.str("PUBSUB_TOPIC_JOBS", default="consensus-engine-jobs")

@@ -24,6 +24,7 @@ from vocoeng.openapi import document
 from vocoeng.routing import PermanentMessageError, decode_json
 
 from . import openapi, services
+from .inbound import REQUEUE_AFTER
 from .ingress import TENANT_HEADER, api_delivery_process, pubsub_delivery_process
 from .models import WebhookDelivery
 from .oidc import PushAuthError, push_token_verify
@@ -58,15 +59,20 @@ def _process(
     except services.DeliveryRejected as exc:
         return JsonResponse({"error": exc.reason}, status=400)
     except Exception as exc:  # DB or broker down: answer 503 so the sender retries
-        logger.exception("webhook_failed source=%s delivery=%s", source, delivery.pk)
-        try:
-            services.delivery_fail(
-                delivery=delivery, error=f"{type(exc).__name__}: {exc}"
-            )
-        except DatabaseError:
-            pass
-        return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
+        return _failed(delivery, source=source, exc=exc)
     return JsonResponse({"status": "ok", "delivery": str(delivery.pk), **summary})
+
+
+def _failed(delivery: WebhookDelivery, *, source: str, exc: Exception) -> HttpResponse:
+    """Record the delivery as failed on our side and answer 503: retry later."""
+    logger.error(
+        "webhook_failed source=%s delivery=%s", source, delivery.pk, exc_info=exc
+    )
+    try:
+        services.delivery_fail(delivery=delivery, error=f"{type(exc).__name__}: {exc}")
+    except DatabaseError:
+        pass
+    return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
 
 
 def _unavailable(source: str, exc: Exception) -> JsonResponse:
@@ -183,6 +189,13 @@ def pubsub_push(request: HttpRequest) -> HttpResponse:
     return _process(request, source="pubsub", process=pubsub_delivery_process)
 
 
+_ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}},
+    "required": ["error"],
+}
+
+
 class ApiSourceView(APIView):
     """``POST /webhooks/api/``: an inbound chat message from a machine client."""
 
@@ -199,7 +212,16 @@ class ApiSourceView(APIView):
         responses={
             202: OpenApiResponse(
                 openapi.API_SOURCE_RESULT, description="Accepted for a reply."
-            )
+            ),
+            400: OpenApiResponse(
+                _ERROR, description="Malformed or invalid body (recorded as rejected)."
+            ),
+            503: OpenApiResponse(
+                _ERROR,
+                description="Broker, Pub/Sub or database unavailable (recorded "
+                "as failed); retry with the same message_id after Retry-After "
+                "seconds.",
+            ),
         },
     )
     def post(self, request: Request) -> HttpResponse:
@@ -210,6 +232,15 @@ class ApiSourceView(APIView):
             result = api_delivery_process(delivery=delivery, raw=raw)
         except services.DeliveryRejected as exc:
             return JsonResponse({"error": exc.reason}, status=400)
+        except Exception as exc:  # broker, Pub/Sub or database down: retry later
+            # Nothing is lost: the message's transaction is undone, or, when
+            # it committed and only the enqueue after it failed, the message
+            # waits `received`, and a retry with the same message_id once it
+            # is REQUEUE_AFTER old enqueues its chain (sooner, a retry counts
+            # as a duplicate): Retry-After says when.
+            response = _failed(delivery, source="api", exc=exc)
+            response["Retry-After"] = str(int(REQUEUE_AFTER.total_seconds()) + 1)
+            return response
         return JsonResponse(result, status=202)
 
 

@@ -122,9 +122,18 @@ def subscription_path(subscription: str) -> str:
 
 
 def publish(
-    *, topic: str, data: bytes, attributes: dict[str, str], timeout: float = 30.0
+    *,
+    topic: str,
+    data: bytes,
+    attributes: dict[str, str],
+    timeout: float | None = None,
 ) -> str:
-    """Publish one message and return its Pub/Sub message id once accepted."""
+    """Publish one message and return its Pub/Sub message id once accepted.
+
+    Waits ``timeout`` seconds at most (PUBSUB_PUBLISH_TIMEOUT_SECONDS), then
+    raises PubSubError: a web request publishing must answer (503) well
+    within gunicorn's timeout when Pub/Sub is unreachable.
+    """
     return publish_async(topic=topic, data=data, attributes=attributes).result(
         timeout=timeout
     )
@@ -136,9 +145,11 @@ class _PublishFuture:
     def __init__(self, topic: str, future: Any) -> None:
         self.topic, self._future = topic, future
 
-    def result(self, timeout: float = 30.0) -> str:
+    def result(self, timeout: float | None = None) -> str:
         from google.api_core import exceptions as gexc
 
+        if timeout is None:
+            timeout = settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS
         try:
             return self._future.result(timeout=timeout)
         except gexc.NotFound as exc:
@@ -146,8 +157,9 @@ class _PublishFuture:
                 f"topic {self.topic} does not exist", transient=False
             ) from exc
         except (gexc.GoogleAPIError, TimeoutError) as exc:
+            reason = str(exc) or f"no answer from {endpoint()} in {timeout:g} s"
             raise PubSubError(
-                f"publish to {self.topic} failed: {exc}", transient=True
+                f"publish to {self.topic} failed: {reason}", transient=True
             ) from exc
 
 

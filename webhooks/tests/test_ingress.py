@@ -17,6 +17,7 @@ from google.auth import crypt, jwt
 from conversations.models import Message
 from vocoeng.models import Tenant
 from vocoeng.services import api_key_create
+from webhooks.inbound import REQUEUE_AFTER
 from webhooks.models import WebhookDelivery
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -81,6 +82,69 @@ def test_api_bad_input_is_400_with_reason(client, api_key, body, reason) -> None
     assert reason in response.json()["error"]
     assert not Message.objects.exists()
     assert WebhookDelivery.objects.get().verdict == "rejected"
+
+
+def test_api_with_the_broker_down_is_503_and_a_later_retry_enqueues(
+    client, api_key, queued, broker_down
+) -> None:
+    """BUS=direct: the message commits, then its chain's enqueue fails."""
+    body = {"user_id": "u-9", "message": "Hi", "message_id": "m-down"}
+    with broker_down():
+        response = _api(client, body, api_key)
+    assert response.status_code == 503
+    assert response.json() == {"error": "temporarily unavailable, retry"}
+    wait = int(response["Retry-After"])
+    assert wait > REQUEUE_AFTER.total_seconds()
+    failed = WebhookDelivery.objects.get()
+    assert failed.verdict == "failed"
+    assert "broker down" in failed.error
+    stored = Message.objects.get()
+    assert stored.status == Message.Status.RECEIVED
+    assert queued() == 0
+    # The client retries after Retry-After (the clock moved on that much).
+    Message.objects.filter(pk=stored.pk).update(
+        created_at=stored.created_at - dt.timedelta(seconds=wait)
+    )
+    again = _api(client, body, api_key)
+    assert again.status_code == 202
+    assert again.json()["id"] == str(stored.pk)
+    assert again.json()["outcome"] == "queued"
+    assert Message.objects.count() == 1
+    assert queued() == 1
+
+
+def test_api_with_pubsub_unreachable_is_503_with_nothing_written(
+    client, api_key, settings, pubsub_settings
+) -> None:
+    """BUS=pubsub: the publish fails inside the transaction; nothing stays."""
+    import socket
+
+    from vocoeng import pubsub
+    from vocoeng.models import BusMessage
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    settings.BUS = "pubsub"
+    settings.PUBSUB_EMULATOR_HOST = dead
+    settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS = 1.0
+    pubsub.reset_clients()
+    try:
+        started = time.monotonic()
+        response = _api(
+            client, {"user_id": "u", "message": "x", "message_id": "ps-1"}, api_key
+        )
+        took = time.monotonic() - started
+    finally:
+        pubsub.reset_clients()
+    assert response.status_code == 503
+    assert "Retry-After" in response
+    assert took < 20  # PUBSUB_PUBLISH_TIMEOUT_SECONDS, not the client's minutes
+    assert not Message.objects.exists()
+    assert not BusMessage.objects.exists()
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.verdict == "failed"
+    assert "publish to" in delivery.error
 
 
 def test_api_without_or_with_a_bad_key_is_401(client) -> None:
