@@ -68,6 +68,9 @@ class RunViewSet(
             201: RunSerializer,
             200: OpenApiResponse(RunSerializer, description="Known idempotency_key."),
             409: OpenApiResponse(description="idempotency_key of another client."),
+            503: OpenApiResponse(
+                description="The broker refused the run (nothing kept); retry."
+            ),
         },
     )
     def create(self, request: Request, *args, **kwargs) -> Response:
@@ -75,12 +78,20 @@ class RunViewSet(
         incoming.is_valid(raise_exception=True)
         valid = incoming.validated_data
         tenant = getattr(request.user, "tenant", None) or tenant_get_default()
-        run, created = services.run_start(
-            tenant=tenant,
-            idea=valid["idea"],
-            personas=valid.get("personas"),
-            idempotency_key=valid.get("idempotency_key"),
-        )
+        try:
+            run, created = services.run_start(
+                tenant=tenant,
+                idea=valid["idea"],
+                personas=valid.get("personas"),
+                idempotency_key=valid.get("idempotency_key"),
+            )
+        except services.RunNotEnqueued:
+            # Nothing kept: a retry (same idempotency_key) starts the run.
+            return Response(
+                {"error": "the run queue is unavailable; retry later"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "5"},
+            )
         if run.tenant_id != tenant.pk:
             # The key is global; never reveal another tenant's run.
             return Response(

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 
 from vocoeng.models import Tenant
 
@@ -135,6 +136,10 @@ def run_enqueue(*, run: Run, reason: str = "created", new: bool = False) -> None
     logger.info("enqueued run=%s reason=%s", run.pk, reason)
 
 
+class RunNotEnqueued(Exception):
+    """The broker refused a new run's canvas; the run was not kept (retry)."""
+
+
 def run_start(
     *,
     tenant: Tenant,
@@ -142,15 +147,36 @@ def run_start(
     personas: list[str] | None = None,
     idempotency_key: str | None = None,
 ) -> tuple[Run, bool]:
-    """Create the run (once per key) and enqueue it when it is new."""
-    with transaction.atomic():
-        run, created = run_create(
-            tenant=tenant, idea=idea, personas=personas, idempotency_key=idempotency_key
-        )
-        if created:
-            run_enqueue(run=run, new=True)
-        else:
-            logger.info("idempotent_skip run=%s reason=duplicate-key", run.pk)
+    """Create the run (once per key) and enqueue it when it is new.
+
+    The canvas goes out once the run is committed. When the broker refuses
+    it, the new run is removed again (no worker can know it) and
+    RunNotEnqueued is raised: a retry with the same key starts afresh rather
+    than finding a run nothing will ever execute. Inside a caller's
+    transaction the enqueue happens at the caller's commit, as before.
+    """
+    outer = transaction.get_connection().in_atomic_block
+    created = False
+    try:
+        with transaction.atomic():
+            run, created = run_create(
+                tenant=tenant,
+                idea=idea,
+                personas=personas,
+                idempotency_key=idempotency_key,
+            )
+            if created:
+                run_enqueue(run=run, new=True)
+            else:
+                logger.info("idempotent_skip run=%s reason=duplicate-key", run.pk)
+    except (BrokerError, OSError) as exc:
+        if outer or not created:
+            raise
+        Run.objects.filter(
+            pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True
+        ).delete()
+        logger.error("run_not_enqueued run=%s error=%s", run.pk, exc)
+        raise RunNotEnqueued(f"{type(exc).__name__}: {exc}") from exc
     return run, created
 
 

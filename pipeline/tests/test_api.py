@@ -161,3 +161,36 @@ def test_admin_lists_runs_and_reruns_a_failed_one_from_its_failed_steps() -> Non
         "review:b": "pending",
         "aggregate": "pending",
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broker_down_is_503_with_nothing_kept_and_a_retry_starts_the_run(
+    monkeypatch,
+) -> None:
+    from kombu import Producer
+    from kombu.exceptions import OperationalError
+
+    from conftest import purge_queues
+    from webhooks.tests.conftest import broker_queue_size
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to redis. Connection refused.")
+
+    client = _client("acme")
+    body = {"idea": "Pet drones", "personas": ["skeptic"], "idempotency_key": "k-down"}
+    purge_queues()
+    try:
+        with pytest.MonkeyPatch.context() as outage:
+            outage.setattr(Producer, "publish", refuse)
+            down = client.post("/api/v1/runs/", body, format="json")
+        assert down.status_code == 503
+        assert "retry" in down.json()["error"]
+        assert down["Retry-After"]
+        assert not Run.objects.exists()  # no run that nothing would ever execute
+        assert broker_queue_size("ai") == 0
+        again = client.post("/api/v1/runs/", body, format="json")
+        assert again.status_code == 201, again.content
+        assert Run.objects.get().idempotency_key == "k-down"
+        assert broker_queue_size("ai") == 1  # the run's canvas: expand first
+    finally:
+        purge_queues()
