@@ -72,7 +72,7 @@ PROCESS = {
         },
         "responses": {
             "200": json_response("The reply.", CHAT_RESPONSE),
-            **error_responses(400, 409, 502),
+            **error_responses(400, 409, 502, 503),
         },
     }
 }

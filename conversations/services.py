@@ -458,7 +458,17 @@ def reply_process_sync(*, message: Message) -> Message | None:
     reply = reply_generate(message_id=message.pk)
     if reply is None:
         return None
-    reply_publish(reply_id=reply.pk)
+    return reply_finish_sync(reply=reply)
+
+
+def reply_finish_sync(*, reply: Message) -> Message:
+    """Publish and deliver a generated reply here, each at most once.
+
+    Both steps are idempotent, so a ``POST /process`` retried after one of
+    them failed (Pub/Sub unreachable) finishes what the first left undone.
+    """
+    if reply.published_at is None:
+        reply_publish(reply_id=reply.pk)
     reply_deliver(reply_id=reply.pk)
     return _load_reply(reply.pk)
 

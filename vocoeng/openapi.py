@@ -88,7 +88,7 @@ def error_responses(*codes: int) -> dict[str, dict]:
         405: "Method not allowed.",
         409: "Conflict with the stored state.",
         502: "The AI reply failed.",
-        503: "Temporarily unavailable (database or broker); retry.",
+        503: "Temporarily unavailable (database, broker or Pub/Sub); retry.",
     }
     return {str(code): json_response(reasons[code]) for code in codes}
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -119,3 +120,52 @@ def test_bad_bodies_get_400_with_the_reason_and_nothing_is_stored(
 
 def test_process_only_accepts_post(client) -> None:
     assert client.get("/process").status_code == 405
+
+
+def test_pubsub_unreachable_is_503_and_the_retry_publishes_once(
+    client, settings, pubsub_settings
+) -> None:
+    """BUS=pubsub: the reply is stored, its publish fails; a retry finishes it."""
+    import socket
+
+    from django.core.management import call_command
+
+    from vocoeng import pubsub
+
+    settings.BUS = "pubsub"
+    call_command("pubsub_setup", stdout=io.StringIO())
+    pubsub.subscription_ensure(
+        pubsub.SubscriptionSpec(
+            "process-check", settings.PUBSUB_TOPIC_RESPONSES, dead_letter=False
+        )
+    )
+    reachable = settings.PUBSUB_EMULATOR_HOST
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        settings.PUBSUB_EMULATOR_HOST = f"127.0.0.1:{s.getsockname()[1]}"
+    settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS = 1.0
+    pubsub.reset_clients()
+    body = {"source": "api", "user_id": "u", "message": "hi", "message_id": "pp-1"}
+    down = post(client, body)
+    assert down.status_code == 503
+    assert down["Retry-After"]
+    assert "publish to" in down.json()["reason"]
+    assert Message.objects.filter(role="assistant").count() == 1  # kept
+    settings.PUBSUB_EMULATOR_HOST = reachable
+    pubsub.reset_clients()
+    again = post(client, body)
+    assert again.status_code == 200
+    assert again.json()["external_message_id"] == "pp-1"
+    assert AICall.objects.count() == 1  # no second model call
+    assert post(client, body).status_code == 200  # published already: not again
+    client_ = pubsub.subscriber()
+    pulled = client_.pull(
+        request={
+            "subscription": pubsub.subscription_path("process-check"),
+            "max_messages": 10,
+            "return_immediately": True,
+        }
+    ).received_messages
+    assert [json.loads(m.message.data)["external_message_id"] for m in pulled] == [
+        "pp-1"
+    ]
