@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
+from vocoeng.pubsub import PubSubError
 from vocoeng.queues import Queue
 
 from . import services
 from .delivery import DeliveryError
 from .stores import StoreError
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -41,16 +46,32 @@ def reply_generate(self, message_id: str) -> str | None:
     acks_late=True,
     reject_on_worker_lost=True,
     route=Queue.DEFAULT,
-    autoretry_for=(ConnectionError, TimeoutError),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
+    # 2, 4, ... 300 s between tries: about half an hour of Pub/Sub outage.
+    max_retries=12,
 )
 def reply_publish(self, reply_id: str | None) -> str | None:
-    """Publish the response of the reply (skipped when there is no reply)."""
+    """Publish the response of the reply (skipped when there is no reply).
+
+    While Pub/Sub is unreachable the task retries with backoff. Once the
+    budget is spent, or when Pub/Sub refuses for good (a topic missing), the
+    customer's reply still goes on to delivery: the response stays recorded
+    (BusMessage, no Pub/Sub id) and the failure is logged with its reason.
+    """
     if reply_id is None:
         return None
-    services.reply_publish(reply_id=reply_id)
+    try:
+        services.reply_publish(reply_id=reply_id)
+    except (PubSubError, ConnectionError, TimeoutError) as exc:
+        transient = getattr(exc, "transient", True)
+        if transient and self.request.retries < self.max_retries:
+            countdown = min(300, 2 ** (self.request.retries + 1))
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        logger.error(
+            "reply_publish_gave_up reply=%s tries=%s error=%s: delivering anyway",
+            reply_id,
+            self.request.retries + 1,
+            exc,
+        )
     return reply_id
 
 

@@ -1,5 +1,13 @@
 from __future__ import annotations
 
+import io
+import json
+import socket
+
+import pytest
+from django.core.management import call_command
+
+from conversations.models import Message
 from vocoeng.celery import app
 
 
@@ -19,3 +27,44 @@ def test_ai_task_runs_late_acked_on_the_ai_queue() -> None:
     assert app.amqp.router.route({}, task.name, task_type=task)["queue"].name == "ai"
     assert task.acks_late is True
     assert task.reject_on_worker_lost is True
+
+
+@pytest.mark.django_db
+def test_reply_publish_retries_while_pubsub_is_down_then_delivers_anyway(
+    client, settings, pubsub_settings, monkeypatch, caplog
+) -> None:
+    """The customer's reply must not be lost to an outage of the responses topic."""
+    from conversations import services
+    from conversations.tasks import reply_publish
+    from vocoeng import pubsub
+    from vocoeng.models import BusMessage
+
+    body = {"source": "api", "user_id": "u", "message": "hi", "message_id": "t-1"}
+    answer = client.post("/process", json.dumps(body), "application/json")
+    assert answer.status_code == 200  # BUS=direct: the response is recorded
+    reply = Message.objects.get(role=Message.Role.ASSISTANT)
+
+    settings.BUS = "pubsub"  # the record has no Pub/Sub id yet: it publishes
+    call_command("pubsub_setup", stdout=io.StringIO())
+    reachable = settings.PUBSUB_EMULATOR_HOST
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        settings.PUBSUB_EMULATOR_HOST = f"127.0.0.1:{s.getsockname()[1]}"
+    settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS = 0.2
+    pubsub.reset_clients()
+    tries = []
+    real = services.reply_publish
+    monkeypatch.setattr(
+        services, "reply_publish", lambda **kw: tries.append(1) or real(**kw)
+    )
+    # Eager: Celery runs each retry at once (no countdown), as many as allowed.
+    result = reply_publish.apply(args=(str(reply.pk),))
+    assert result.get() == str(reply.pk)  # handed on to delivery all the same
+    assert len(tries) == reply_publish.max_retries + 1
+    assert "reply_publish_gave_up" in caplog.text
+    assert BusMessage.objects.get().pubsub_message_id == ""
+
+    settings.PUBSUB_EMULATOR_HOST = reachable
+    pubsub.reset_clients()
+    assert reply_publish.apply(args=(str(reply.pk),)).get() == str(reply.pk)
+    assert BusMessage.objects.get().pubsub_message_id  # published, once
