@@ -241,6 +241,47 @@ def pubsub_settings(pubsub_emulator, settings, monkeypatch) -> Iterator[dict[str
     pubsub.reset_clients()
 
 
+def free_loopback_address() -> str:
+    """Return ``127.0.0.1:<port>`` with nothing listening (connection refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+class PubSubOutage:
+    """Point the Pub/Sub clients at an address nothing answers on, and back."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.reachable = settings.PUBSUB_EMULATOR_HOST
+
+    def down(self, *, publish_timeout: float = 1.0, startup_wait: float = 1.0) -> str:
+        from vocoeng import pubsub
+
+        address = free_loopback_address()
+        self.settings.PUBSUB_EMULATOR_HOST = address
+        self.settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS = publish_timeout
+        self.settings.PUBSUB_STARTUP_WAIT_SECONDS = startup_wait
+        pubsub.reset_clients()
+        return address
+
+    def up(self) -> None:
+        from vocoeng import pubsub
+
+        self.settings.PUBSUB_EMULATOR_HOST = self.reachable
+        pubsub.reset_clients()
+
+
+@pytest.fixture
+def pubsub_outage(pubsub_settings, settings) -> Iterator[PubSubOutage]:
+    """A PubSubOutage on this test's emulator project; up again at the end."""
+    outage = PubSubOutage(settings)
+    yield outage
+    outage.up()
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Iterator:
     """Run one headless Debian chromium (Playwright) for the session.

@@ -123,11 +123,9 @@ def test_process_only_accepts_post(client) -> None:
 
 
 def test_pubsub_unreachable_is_503_and_the_retry_publishes_once(
-    client, settings, pubsub_settings
+    client, settings, pubsub_outage
 ) -> None:
     """BUS=pubsub: the reply is stored, its publish fails; a retry finishes it."""
-    import socket
-
     from django.core.management import call_command
 
     from vocoeng import pubsub
@@ -139,20 +137,14 @@ def test_pubsub_unreachable_is_503_and_the_retry_publishes_once(
             "process-check", settings.PUBSUB_TOPIC_RESPONSES, dead_letter=False
         )
     )
-    reachable = settings.PUBSUB_EMULATOR_HOST
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        settings.PUBSUB_EMULATOR_HOST = f"127.0.0.1:{s.getsockname()[1]}"
-    settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS = 1.0
-    pubsub.reset_clients()
+    pubsub_outage.down(publish_timeout=1.0)
     body = {"source": "api", "user_id": "u", "message": "hi", "message_id": "pp-1"}
     down = post(client, body)
     assert down.status_code == 503
     assert down["Retry-After"]
     assert "publish to" in down.json()["reason"]
     assert Message.objects.filter(role="assistant").count() == 1  # kept
-    settings.PUBSUB_EMULATOR_HOST = reachable
-    pubsub.reset_clients()
+    pubsub_outage.up()
     again = post(client, body)
     assert again.status_code == 200
     assert again.json()["external_message_id"] == "pp-1"

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 
 import pytest
 from django.core.management import call_command
@@ -31,12 +30,11 @@ def test_ai_task_runs_late_acked_on_the_ai_queue() -> None:
 
 @pytest.mark.django_db
 def test_reply_publish_retries_while_pubsub_is_down_then_delivers_anyway(
-    client, settings, pubsub_settings, monkeypatch, caplog
+    client, settings, pubsub_outage, monkeypatch, caplog
 ) -> None:
     """The customer's reply must not be lost to an outage of the responses topic."""
     from conversations import services
     from conversations.tasks import reply_publish
-    from vocoeng import pubsub
     from vocoeng.models import BusMessage
 
     body = {"source": "api", "user_id": "u", "message": "hi", "message_id": "t-1"}
@@ -46,12 +44,7 @@ def test_reply_publish_retries_while_pubsub_is_down_then_delivers_anyway(
 
     settings.BUS = "pubsub"  # the record has no Pub/Sub id yet: it publishes
     call_command("pubsub_setup", stdout=io.StringIO())
-    reachable = settings.PUBSUB_EMULATOR_HOST
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        settings.PUBSUB_EMULATOR_HOST = f"127.0.0.1:{s.getsockname()[1]}"
-    settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS = 0.2
-    pubsub.reset_clients()
+    pubsub_outage.down(publish_timeout=0.2)
     tries = []
     real = services.reply_publish
     monkeypatch.setattr(
@@ -64,7 +57,6 @@ def test_reply_publish_retries_while_pubsub_is_down_then_delivers_anyway(
     assert "reply_publish_gave_up" in caplog.text
     assert BusMessage.objects.get().pubsub_message_id == ""
 
-    settings.PUBSUB_EMULATOR_HOST = reachable
-    pubsub.reset_clients()
+    pubsub_outage.up()
     assert reply_publish.apply(args=(str(reply.pk),)).get() == str(reply.pk)
     assert BusMessage.objects.get().pubsub_message_id  # published, once

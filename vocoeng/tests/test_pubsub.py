@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 
@@ -12,6 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from conftest import free_loopback_address
 from vocoeng import bus, correlation, pubsub
 from vocoeng.models import BusMessage
 
@@ -165,21 +165,10 @@ def test_bus_pubsub_messages_carry_the_current_correlation_id(
     assert responses["r-2"]["correlation_id"] == "given-1"
 
 
-def _dead_address() -> str:
-    """Return a loopback address nothing listens on (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 @pytest.fixture
-def unreachable(pubsub_settings, settings) -> str:
+def unreachable(pubsub_outage) -> str:
     """Point the clients at an address nothing answers on; wait 1 s for it."""
-    address = _dead_address()
-    settings.PUBSUB_EMULATOR_HOST = address
-    settings.PUBSUB_STARTUP_WAIT_SECONDS = 1.0
-    pubsub.reset_clients()
-    return address
+    return pubsub_outage.down(startup_wait=1.0)
 
 
 @pytest.mark.parametrize("command", ["pubsub_setup", "pubsub_bridge"])
@@ -210,9 +199,7 @@ def test_setup_waits_for_an_emulator_that_starts_late(pubsub_settings, settings)
     """As under docker compose: pubsub_setup starts before the emulator answers."""
     from vocoeng.pubsub_emulator import PubSubEmulator
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = int(free_loopback_address().rsplit(":", 1)[1])
     late = PubSubEmulator(host="127.0.0.1", port=port)
     settings.PUBSUB_EMULATOR_HOST = late.address
     settings.PUBSUB_STARTUP_WAIT_SECONDS = 30.0

@@ -114,29 +114,18 @@ def test_api_with_the_broker_down_is_503_and_a_later_retry_enqueues(
 
 
 def test_api_with_pubsub_unreachable_is_503_with_nothing_written(
-    client, api_key, settings, pubsub_settings
+    client, api_key, settings, pubsub_outage
 ) -> None:
     """BUS=pubsub: the publish fails inside the transaction; nothing stays."""
-    import socket
-
-    from vocoeng import pubsub
     from vocoeng.models import BusMessage
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
     settings.BUS = "pubsub"
-    settings.PUBSUB_EMULATOR_HOST = dead
-    settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS = 1.0
-    pubsub.reset_clients()
-    try:
-        started = time.monotonic()
-        response = _api(
-            client, {"user_id": "u", "message": "x", "message_id": "ps-1"}, api_key
-        )
-        took = time.monotonic() - started
-    finally:
-        pubsub.reset_clients()
+    pubsub_outage.down(publish_timeout=1.0)
+    started = time.monotonic()
+    response = _api(
+        client, {"user_id": "u", "message": "x", "message_id": "ps-1"}, api_key
+    )
+    took = time.monotonic() - started
     assert response.status_code == 503
     assert "Retry-After" in response
     assert took < 20  # PUBSUB_PUBLISH_TIMEOUT_SECONDS, not the client's minutes
