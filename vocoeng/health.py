@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from django import db
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 from .openapi import document, json_response
@@ -113,3 +115,53 @@ def readyz(request: HttpRequest) -> JsonResponse:
         body["errors"] = failing
         logger.warning("readyz failing=%s", ",".join(failing))
     return JsonResponse(body, status=503 if failing else 200)
+
+
+class DependencyDownMiddleware:
+    """Answer 503 with Retry-After when a view fails because the database or
+    the broker cannot be reached, instead of Django's 500.
+
+    Only connection-level failures are translated: ``django.db``'s
+    OperationalError and InterfaceError (server gone, refused, locked,
+    deadlocked) and kombu's OperationalError (what Celery raises once the
+    broker refuses). A bug (IntegrityError, ProgrammingError, anything else)
+    stays a 500. Views that know better (the webhooks, the analytics ingest)
+    answer their own 503 first and never get here.
+    """
+
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        from kombu.exceptions import OperationalError as BrokerError
+
+        self.down = {
+            db.OperationalError: "database",
+            db.InterfaceError: "database",
+            BrokerError: "broker",
+        }
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponse | None:
+        part = next(
+            (name for cls, name in self.down.items() if isinstance(exception, cls)),
+            None,
+        )
+        if part is None:
+            return None
+        logger.error(
+            "dependency_down part=%s path=%s error=%s",
+            part,
+            request.path,
+            type(exception).__name__,
+            exc_info=exception,
+        )
+        response = JsonResponse(
+            {"error": f"temporarily unavailable ({part}), retry"}, status=503
+        )
+        response["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
+        return response

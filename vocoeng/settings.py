@@ -58,6 +58,8 @@ MIDDLEWARE = [
     "vocoeng.metrics.RequestMetricsMiddleware",
     # Next, so every log record of the request carries its correlation id.
     "vocoeng.correlation.CorrelationIdMiddleware",
+    # A view that fails because the database or broker is down answers 503.
+    "vocoeng.health.DependencyDownMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

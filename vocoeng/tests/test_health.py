@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from django.db import connection
 
 from vocoeng.celery import app
+from vocoeng.health import DependencyDownMiddleware
 
 
 @pytest.fixture
@@ -81,3 +83,42 @@ def test_readyz_names_the_broker_when_it_is_down(client, broker_down) -> None:
 
 def test_health_rejects_post(client) -> None:
     assert client.post("/health").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/webhooks/api/", {"user_id": "u", "message": "hi"}),
+        ("post", "/api/v1/runs/", {"idea": "x"}),
+        ("post", "/process", {"user_id": "u", "message": "hi"}),
+        ("post", "/api/v1/analytics/events/", {"events": []}),
+        ("get", "/api/v1/conversations/", None),
+    ],
+)
+def test_database_down_is_503_with_retry_after_not_500(
+    client, database_down, method, path, body
+) -> None:
+    send = getattr(client, method)
+    extra = {"HTTP_AUTHORIZATION": "Token voc_abcdef_secret"}
+    if body is None:
+        response = send(path, **extra)
+    else:
+        response = send(path, json.dumps(body), "application/json", **extra)
+    assert response.status_code == 503
+    assert response.json() == {"error": "temporarily unavailable (database), retry"}
+    assert int(response["Retry-After"]) > 0
+
+
+def test_a_bug_is_not_mistaken_for_a_dependency_down(rf) -> None:
+    from django.db import IntegrityError
+    from kombu.exceptions import OperationalError as BrokerError
+
+    middleware = DependencyDownMiddleware(lambda request: None)
+    request = rf.get("/x")
+    assert middleware.process_exception(request, IntegrityError("dup")) is None
+    assert middleware.process_exception(request, ValueError("bug")) is None
+    broker = middleware.process_exception(request, BrokerError("refused"))
+    assert broker.status_code == 503
+    assert json.loads(broker.content) == {
+        "error": "temporarily unavailable (broker), retry"
+    }
