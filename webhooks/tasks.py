@@ -16,7 +16,9 @@ from . import services
     acks_late=True,
     reject_on_worker_lost=True,
     route=Queue.DEFAULT,
-    max_retries=5,
+    # 2, 4, ... 300 s between tries: about half an hour of a database, broker
+    # or (BUS=pubsub) Pub/Sub outage before the delivery is recorded as failed.
+    max_retries=12,
 )
 def delivery_process(self, delivery_id: str) -> None:
     """Parse a recorded delivery and act on it, once (see the service)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from conversations.models import Message
@@ -373,3 +375,45 @@ def test_rate_limited_sender_is_stored_without_ai(
     # Another sender is not affected.
     post_whatsapp(p.notification([p.text("15551230015", "hello")]))
     assert queued() == 3
+
+
+def test_a_long_outage_records_the_delivery_failed_for_a_replay(
+    post_whatsapp, settings, pubsub_outage, queued, monkeypatch
+) -> None:
+    """BUS=pubsub and Pub/Sub down for the whole retry budget: failed, with the
+    reason; replayed from the admin once Pub/Sub is back, it is acted on once."""
+    from django.core.management import call_command
+
+    from vocoeng.models import BusMessage
+    from webhooks import services
+    from webhooks.services import delivery_replay
+    from webhooks.tasks import delivery_process
+
+    settings.BUS = "pubsub"
+    call_command("pubsub_setup", stdout=io.StringIO())
+    body = p.notification([p.text("15551230021", "still there?")])
+    assert post_whatsapp(body, process=False).status_code == 200
+    assert queued("default") == 1  # its task, run here instead of by a worker
+    delivery = WebhookDelivery.objects.get()
+    pubsub_outage.down(publish_timeout=0.2)
+    tries = []
+    real = services.delivery_process_queued
+    monkeypatch.setattr(
+        services, "delivery_process_queued", lambda **kw: tries.append(1) or real(**kw)
+    )
+    # Eager: Celery runs each retry at once (no countdown), as many as allowed.
+    result = delivery_process.apply(args=[str(delivery.pk)])
+    assert result.failed()
+    assert len(tries) == delivery_process.max_retries + 1  # the whole budget
+    delivery.refresh_from_db()
+    assert delivery.verdict == "failed"
+    assert "publish to" in delivery.error
+    assert not BusMessage.objects.exists()  # each try undone whole
+
+    pubsub_outage.up()
+    delivery_replay(delivery=delivery)
+    delivery.refresh_from_db()
+    assert delivery.verdict == "processed"
+    assert BusMessage.objects.get().pubsub_message_id
+    delivery_replay(delivery=delivery)  # again: a duplicate, nothing new
+    assert BusMessage.objects.count() == 1
