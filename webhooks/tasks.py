@@ -16,9 +16,11 @@ from . import services
     acks_late=True,
     reject_on_worker_lost=True,
     route=Queue.DEFAULT,
-    # 2, 4, ... 300 s between tries: about half an hour of a database, broker
-    # or (BUS=pubsub) Pub/Sub outage before the delivery is recorded as failed.
-    max_retries=12,
+    # 2, 4, ... 32 s between tries (about a minute), then recorded as failed
+    # for a replay. Not longer: while a delivery stays `received`, the sweep
+    # (every WEBHOOK_SWEEP_INTERVAL_SECONDS) queues another copy of its task,
+    # so a long budget would multiply the tasks during an outage.
+    max_retries=5,
 )
 def delivery_process(self, delivery_id: str) -> None:
     """Parse a recorded delivery and act on it, once (see the service)."""
