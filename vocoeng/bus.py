@@ -46,10 +46,13 @@ def publish(
     attributes = dict(attributes or {})
     if (cid := correlation.current()) is not None:
         attributes.setdefault("correlation_id", cid)
+    # Every message names its key: Pub/Sub delivers at least once, and a
+    # publish that timed out here may still land (the client keeps trying),
+    # so a retried publish can arrive twice; consumers dedup on the key.
+    attributes.setdefault("idempotency_key", key)
     kind = topic_kinds().get(topic)
     if kind is not None:
         attributes.setdefault("kind", kind)
-        attributes.setdefault("idempotency_key", key)
     if settings.BUS == "direct" and kind is not None:
         signature = route_message(kind=kind, data=payload, attributes=attributes)
         if signature is not None:

@@ -162,6 +162,7 @@ def test_bus_pubsub_messages_carry_the_current_correlation_id(
         json.loads(m.data)["message_id"]: m.attributes for m in _pull("responses-check")
     }
     assert responses["r-1"]["correlation_id"] == "req-77"
+    assert responses["r-1"]["idempotency_key"] == "r-1"  # consumers dedup on it
     assert responses["r-2"]["correlation_id"] == "given-1"
 
 
