@@ -107,6 +107,7 @@ def _call_with_deadline(
     on_attempt: Callable[[Attempt], None],
     deadline: float,
     guard: SpendGuard | None = None,
+    schema: dict[str, Any] | None = None,
 ) -> Completion:
     """Call the model, giving up at ``deadline`` (a ``time.monotonic()`` value).
 
@@ -122,6 +123,7 @@ def _call_with_deadline(
             on_attempt=on_attempt,
             before_attempt=guard.before if guard is not None else None,
             deadline=deadline,
+            json_schema=schema,
         )
     except BudgetExceeded as error:
         # Permanent for this run: a retry minutes later would be refused too.
@@ -154,7 +156,11 @@ def generate_json(
     on_attempt = _recorder(step_id=step_id, tenant_id=tenant_id, ref=ref, guard=guard)
     turns = [ChatTurn(role="user", content=prompt)]
     first = _call_with_deadline(
-        turns=turns, on_attempt=on_attempt, deadline=deadline, guard=guard
+        turns=turns,
+        on_attempt=on_attempt,
+        deadline=deadline,
+        guard=guard,
+        schema=schema,
     )
     try:
         data = parse_json(first.text, schema)
@@ -167,7 +173,11 @@ def generate_json(
         ChatTurn(role="user", content=prompts.repair_prompt(problem=problem)),
     ]
     second = _call_with_deadline(
-        turns=turns, on_attempt=on_attempt, deadline=deadline, guard=guard
+        turns=turns,
+        on_attempt=on_attempt,
+        deadline=deadline,
+        guard=guard,
+        schema=schema,
     )
     try:
         data = parse_json(second.text, schema)

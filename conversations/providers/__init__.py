@@ -190,6 +190,7 @@ def generate(
     deadline: float | None = None,
     tools: list[ToolSpec] | None = None,
     tool_choice: str = "auto",
+    json_schema: dict[str, Any] | None = None,
 ) -> Completion:
     """Return a completion from the first provider that answers.
 
@@ -207,6 +208,11 @@ def generate(
     tool calls the model asked for come back on the Completion.
     ``tool_choice`` "none" forbids calling them (tools stay declared, because
     Anthropic refuses tool blocks in the history without them).
+
+    ``json_schema``: the JSON object the answer must be (the prompt says so
+    too). Only the offline ``echo`` provider uses it, to answer with a valid
+    object; the real providers get it from the prompt alone, as every
+    OpenAI-compatible server understands that.
     """
     attempts: list[Attempt] = []
     max_tokens = max_tokens or settings.AI_MAX_TOKENS
@@ -220,6 +226,8 @@ def generate(
             if tools:
                 extra["tools"] = tools
                 extra["tool_choice"] = tool_choice
+            if json_schema is not None:
+                extra["json_schema"] = json_schema
             if deadline is not None:
                 left = deadline - started
                 if left <= 0:

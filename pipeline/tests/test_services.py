@@ -391,3 +391,27 @@ def test_a_folded_write_waits_for_a_run_being_cancelled_without_deadlock(
     assert done == [False]  # the cancel won; the late write changed nothing
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED and run.result is None
+
+
+def test_offline_echo_provider_runs_the_whole_pipeline(settings) -> None:
+    """`make run`'s default provider: every step gets a valid, marked answer."""
+    settings.AI_PROVIDER, settings.AI_FALLBACK = "echo", []
+    run = _run()
+    assert set(_all_steps(run).values()) == {"succeeded"}
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert run.result["consensus"]["verdict"] in ("approve", "revise", "reject")
+    brief = run.steps.get(name="expand").output
+    assert brief["title"].startswith("(offline echo)")
+    # one model call a step: no repair was needed
+    assert AICall.objects.filter(provider="echo").count() == len(run.steps.all())
+
+
+def test_offline_instances_are_valid_against_every_step_schema() -> None:
+    import jsonschema
+
+    from conversations.providers.echo import offline_instance
+    from pipeline.prompts import AGGREGATE_SCHEMA, EXPAND_SCHEMA
+
+    for schema in (EXPAND_SCHEMA, REVIEW_SCHEMA, AGGREGATE_SCHEMA):
+        jsonschema.validate(offline_instance(schema), schema)
