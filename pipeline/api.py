@@ -78,20 +78,13 @@ class RunViewSet(
         incoming.is_valid(raise_exception=True)
         valid = incoming.validated_data
         tenant = getattr(request.user, "tenant", None) or tenant_get_default()
-        try:
-            run, created = services.run_start(
-                tenant=tenant,
-                idea=valid["idea"],
-                personas=valid.get("personas"),
-                idempotency_key=valid.get("idempotency_key"),
-            )
-        except services.RunNotEnqueued:
-            # Nothing kept: a retry (same idempotency_key) starts the run.
-            return Response(
-                {"error": "the run queue is unavailable; retry later"},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": "5"},
-            )
+        # The broker refusing the run: 503 (vocoeng.health), nothing kept.
+        run, created = services.run_start(
+            tenant=tenant,
+            idea=valid["idea"],
+            personas=valid.get("personas"),
+            idempotency_key=valid.get("idempotency_key"),
+        )
         if run.tenant_id != tenant.pk:
             # The key is global; never reveal another tenant's run.
             return Response(

@@ -136,10 +136,6 @@ def run_enqueue(*, run: Run, reason: str = "created", new: bool = False) -> None
     logger.info("enqueued run=%s reason=%s", run.pk, reason)
 
 
-class RunNotEnqueued(Exception):
-    """The broker refused a new run's canvas; the run was not kept (retry)."""
-
-
 def run_start(
     *,
     tenant: Tenant,
@@ -150,10 +146,11 @@ def run_start(
     """Create the run (once per key) and enqueue it when it is new.
 
     The canvas goes out once the run is committed. When the broker refuses
-    it, the new run is removed again (no worker can know it) and
-    RunNotEnqueued is raised: a retry with the same key starts afresh rather
-    than finding a run nothing will ever execute. Inside a caller's
-    transaction the enqueue happens at the caller's commit, as before.
+    it, the new run is removed again (no worker can know it) and the broker's
+    error propagates (the web answers 503, vocoeng.health): a retry with the
+    same key starts afresh rather than finding a run nothing will ever
+    execute. Inside a caller's transaction the enqueue happens at the
+    caller's commit, as before.
     """
     outer = transaction.get_connection().in_atomic_block
     created = False
@@ -169,14 +166,13 @@ def run_start(
                 run_enqueue(run=run, new=True)
             else:
                 logger.info("idempotent_skip run=%s reason=duplicate-key", run.pk)
-    except (BrokerError, OSError) as exc:
-        if outer or not created:
-            raise
-        Run.objects.filter(
-            pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True
-        ).delete()
-        logger.error("run_not_enqueued run=%s error=%s", run.pk, exc)
-        raise RunNotEnqueued(f"{type(exc).__name__}: {exc}") from exc
+    except BrokerError as exc:
+        if not outer and created:
+            Run.objects.filter(
+                pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True
+            ).delete()
+            logger.error("run_not_enqueued run=%s error=%s", run.pk, exc)
+        raise
     return run, created
 
 
