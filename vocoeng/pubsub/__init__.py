@@ -57,6 +57,11 @@ def _not_found(subscription: str) -> SubscriptionNotFound:
     )
 
 
+def endpoint() -> str:
+    """Return where the clients talk to: the emulator's address, or Google's."""
+    return settings.PUBSUB_EMULATOR_HOST or "pubsub.googleapis.com"
+
+
 def _credentials_error(exc: Exception) -> CredentialsMissing:
     return CredentialsMissing(
         "no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS (or run on "
@@ -224,7 +229,6 @@ from .admin import (  # noqa: E402 - it uses the clients above
     MAX_DELIVERY_ATTEMPTS,
     RETENTION_SECONDS,
     SubscriptionSpec,
-    endpoint,
     subscription_describe,
     subscription_ensure,
     subscriptions_wanted,

@@ -20,11 +20,13 @@ from django.conf import settings
 from . import (
     PubSubError,
     _not_found,
+    endpoint,
     publisher,
     subscriber,
     subscription_path,
     topic_path,
 )
+from .streaming import retryable
 
 logger = logging.getLogger("vocoeng.pubsub")
 T = TypeVar("T")
@@ -34,29 +36,16 @@ MAX_DELIVERY_ATTEMPTS = 5
 RETENTION_SECONDS = 7 * 24 * 3600
 
 
-def endpoint() -> str:
-    """Return where the clients talk to: the emulator's address, or Google's."""
-    return settings.PUBSUB_EMULATOR_HOST or "pubsub.googleapis.com"
-
-
 # What one attempt of an admin call waits for at most.
 _ATTEMPT_SECONDS = 10.0
 
 
 def _unreachable(exc: Exception) -> bool:
-    """Say whether ``exc`` means Pub/Sub did not answer (yet)."""
+    """Say whether ``exc`` means Pub/Sub did not answer (yet): a code a stream
+    reopens on, except RESOURCE_EXHAUSTED (a quota, not an absence)."""
     from google.api_core import exceptions as gexc
 
-    return isinstance(
-        exc,
-        (
-            gexc.ServiceUnavailable,
-            gexc.DeadlineExceeded,
-            gexc.InternalServerError,
-            gexc.Aborted,
-            gexc.Unknown,
-        ),
-    )
+    return retryable(exc) and not isinstance(exc, gexc.ResourceExhausted)
 
 
 def _admin_call(what: str, call: Callable[..., T]) -> T:

@@ -50,6 +50,12 @@ _RETRYABLE = frozenset(
 )
 
 
+def retryable(exc: BaseException) -> bool:
+    """Say whether a Google API error carries one of the _RETRYABLE codes."""
+    code = getattr(exc, "grpc_status_code", None)
+    return code is not None and code.name in _RETRYABLE
+
+
 class Received:
     """Hold one delivered message; ``ack()`` / ``nack()`` settle it (batched)."""
 
@@ -103,7 +109,6 @@ class StreamingPull:
         translate: Callable[[Exception], Exception],
         ack_deadline: int = STREAM_ACK_DEADLINE_SECONDS,
     ) -> None:
-        from google.api_core import exceptions as gexc
         from google.api_core import retry
         from google.pubsub_v1 import types
 
@@ -132,19 +137,9 @@ class StreamingPull:
         self._error: Exception | None = None
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
-        # The errors on which an ack or modack call is tried again.
+        # An ack or modack call is tried again on the codes a stream reopens on.
         self._retry = retry.Retry(
-            predicate=retry.if_exception_type(
-                gexc.ServiceUnavailable,
-                gexc.DeadlineExceeded,
-                gexc.InternalServerError,
-                gexc.Aborted,
-                gexc.Unknown,
-                gexc.ResourceExhausted,
-            ),
-            initial=0.1,
-            maximum=5,
-            timeout=60,
+            predicate=retryable, initial=0.1, maximum=5, timeout=60
         )
 
     # --- lifecycle -----------------------------------------------------------
