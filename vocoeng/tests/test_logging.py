@@ -264,6 +264,40 @@ def test_json_records_encode_what_the_json_module_did() -> None:
     assert parsed["timestamp"].endswith("+00:00")
 
 
+def test_json_lines_hold_what_python_json_logger_writes() -> None:
+    """The one-pass format gives the fields and values of the library's path."""
+    from pythonjsonlogger.core import BaseJsonFormatter
+
+    formatter, context = JsonFormatter(), ContextFilter()
+    try:
+        raise KeyError("k")
+    except KeyError:
+        record = logging.LogRecord(
+            "webhooks.bridge",
+            logging.WARNING,
+            __file__,
+            7,
+            "a %s b %d",
+            ("x", 3),
+            sys.exc_info(),
+            func="f",
+            sinfo="Stack (most recent call last)",
+        )
+    record.correlation_id, record.task_id, record.data = "c-1", "t-1", {"args": 1}
+    record._private = "not written"
+    token = correlation.activate("c-2")
+    try:
+        context.filter(record)
+    finally:
+        correlation.deactivate(token)
+    fast = json.loads(formatter.format(record))
+    general = json.loads(BaseJsonFormatter.format(formatter, record))
+    assert fast == general
+    assert list(fast)[:4] == ["timestamp", "level", "logger", "message"]
+    assert fast["correlation_id"] == "c-1" and "_private" not in fast
+    assert "data" not in fast and "KeyError" in fast["exc_info"]
+
+
 def test_console_lines_end_with_the_correlation_id() -> None:
     formatter, context = ConsoleFormatter(), ContextFilter()
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
