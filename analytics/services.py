@@ -162,6 +162,10 @@ def events_store(*, events: list[dict[str, Any]]) -> int:
     now = timezone.now()
     match_topic = topic_matcher()
     rows = [_row(event, now=now, match_topic=match_topic) for event in events]
+    # In event_id order: two batches sharing events (a resent batch) insert
+    # them in one order, so neither waits on a row the other holds while
+    # holding one it needs (PostgreSQL would end one with a deadlock).
+    rows.sort(key=lambda row: str(row.event_id))
     VocEvent.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
     metrics.BATCH_DURATION.observe(time.perf_counter() - started)
     metrics.EVENTS_PROCESSED.inc(len(rows))

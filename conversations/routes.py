@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -425,7 +426,13 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
                 "last_activity = %s FROM (SELECT (r->>0)::bigint AS id, "
                 "(r->>1)::integer AS n, r->>2 AS body "
                 "FROM json_array_elements(%s::json) AS r) AS v WHERE c.id = v.id",
-                [now, pg_bulk.json_rows((k, n, last[k]) for k, n in counts.items())],
+                [
+                    now,
+                    # in id order, as every bump: see _conversations_create
+                    pg_bulk.json_rows(
+                        (k, n, last[k]) for k, n in sorted(counts.items())
+                    ),
+                ],
             )
     return [found[(e["channel"], e["external_id"])] for e in entries]
 
@@ -533,10 +540,19 @@ def _read_or_create(wanted: set[tuple[int, str, str]], read: Any) -> Any:
     return have
 
 
-def _conversations_create(keys: set[tuple[int, str, str]]) -> None:
-    """Create the default-channel conversations of ``(tenant id, channel, user)``."""
+def _conversations_create(keys: Iterable[tuple[int, str, str]]) -> None:
+    """Create the default-channel conversations of ``(tenant id, channel, user)``.
+
+    In key order: two bridges creating overlapping sets of conversations
+    each wait on the other's uncommitted rows of the unique index; in set
+    order they deadlocked (seen in bench/bridge.py with ``--processes 2``:
+    a second's stall, then the batch stored one message at a time).
+    """
     Conversation.objects.bulk_create(
-        [Conversation(tenant_id=t, channel=c, external_user_id=u) for t, c, u in keys],
+        [
+            Conversation(tenant_id=t, channel=c, external_user_id=u)
+            for t, c, u in sorted(keys)
+        ],
         ignore_conflicts=True,  # created meanwhile by another process
     )
 
@@ -567,7 +583,7 @@ def _conversations_bump(
     table = q(Conversation._meta.db_table)
     rows = ", ".join(["(CAST(%s AS BIGINT), CAST(%s AS INTEGER), %s)"] * len(counts))
     params: list[Any] = []
-    for pk, n in counts.items():
+    for pk, n in sorted(counts.items()):  # lock order: see _conversations_create
         params += [pk, n, last[pk]]
     stamp = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:

@@ -230,7 +230,9 @@ def _store(
             result.count("queued")
         else:
             result.count(str(row.status))
-    for conversation_id, (count, last) in touched.items():
+    # In id order: two deliveries naming the same users in other orders
+    # would otherwise lock the conversations crosswise (a deadlock).
+    for conversation_id, (count, last) in sorted(touched.items()):
         Conversation.objects.filter(pk=conversation_id).update(
             message_count=F("message_count") + count,
             last_message=last,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from celery import group
+from django.db import connection, transaction
 from django.urls import reverse
 
 from analytics.models import VocEvent
@@ -144,3 +148,40 @@ def test_events_endpoint_is_listed_in_the_api_root(client_a) -> None:
     root = client_a.get(reverse("api-root")).json()
     assert root["analytics/events"].endswith(URL)
     assert root["analytics/summary"].endswith("/api/v1/analytics/summary/")
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite locks the whole database per write: no row-lock order there",
+)
+@pytest.mark.django_db(transaction=True)
+def test_two_batches_of_the_same_events_in_other_orders_do_not_deadlock() -> None:
+    """A resent batch, in another order, stored while the first is: both commit."""
+    from vocoeng.models import Tenant
+
+    Tenant.objects.create(slug="acme", name="Acme")
+    valid, errors = events_validate(events=[make_event() for _ in range(4000)])
+    assert errors == []
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def store(events: list) -> None:
+        try:
+            start.wait()
+            with transaction.atomic():
+                events_store(events=events)
+                time.sleep(0.3)  # hold the rows until commit, as a task does
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=store, args=(batch,)) for batch in (valid, valid[::-1])
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    assert VocEvent.objects.count() == 4000

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import pytest
+from django.db import connection, transaction
 
 from conversations.models import Conversation, Message
-from conversations.routes import _MESSAGE_COLUMNS, inbound_store_many
+from conversations.routes import (
+    _MESSAGE_COLUMNS,
+    _conversations_create,
+    inbound_store_many,
+)
 from conversations.services import message_receive
 from vocoeng.services import tenant_get_default
 
@@ -223,3 +230,42 @@ def test_the_usual_bus_message_is_judged_without_the_serializer():
 
     assert _valid_plain(PLAIN) is not None
     assert _valid_plain({"user_id": "u", "message": "m"}) is not None
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite locks the whole database per write: no row-lock order there",
+)
+@pytest.mark.django_db(transaction=True)
+def test_two_bridges_creating_the_same_conversations_do_not_deadlock():
+    """Each process sees its own order of a set; the rows are locked in key order.
+
+    One batch creates the conversations in one order, the other in the
+    reverse order, both at once: unsorted, each held index entries the other
+    waited on, and PostgreSQL ended one with "deadlock detected".
+    """
+    tenant = tenant_get_default()
+    keys = [(tenant.pk, "api", f"u-{n:05d}") for n in range(8000)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def create(order: list) -> None:
+        try:
+            start.wait()
+            with transaction.atomic():
+                _conversations_create(order)
+                time.sleep(0.3)  # hold the locks, as a batch does until commit
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=create, args=(order,)) for order in (keys, keys[::-1])
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert Conversation.objects.filter(tenant=tenant).count() == 8000
