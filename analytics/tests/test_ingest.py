@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 from celery import group
-from django.db import connection, transaction
+from django.db import connection
 from django.urls import reverse
 
 from analytics.models import VocEvent
 from analytics.routes import voc_event
 from analytics.services import events_store, events_validate
 from vocoeng.routing import PermanentMessageError
+from vocoeng.testing.overlap import transactions_at_once
 
 from .conftest import make_event
 
@@ -162,26 +160,8 @@ def test_two_batches_of_the_same_events_in_other_orders_do_not_deadlock() -> Non
     Tenant.objects.create(slug="acme", name="Acme")
     valid, errors = events_validate(events=[make_event() for _ in range(4000)])
     assert errors == []
-    start = threading.Barrier(2)
-    failures: list[BaseException] = []
-
-    def store(events: list) -> None:
-        try:
-            start.wait()
-            with transaction.atomic():
-                events_store(events=events)
-                time.sleep(0.3)  # hold the rows until commit, as a task does
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-        finally:
-            connection.close()
-
-    threads = [
-        threading.Thread(target=store, args=(batch,)) for batch in (valid, valid[::-1])
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    failures = transactions_at_once(
+        lambda events: events_store(events=events), [valid, valid[::-1]]
+    )
     assert failures == []
     assert VocEvent.objects.count() == 4000

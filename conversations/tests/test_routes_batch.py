@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 
 from conversations.models import Conversation, Message
 from conversations.routes import (
@@ -17,6 +15,7 @@ from conversations.routes import (
 )
 from conversations.services import message_receive
 from vocoeng.services import tenant_get_default
+from vocoeng.testing.overlap import transactions_at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -246,26 +245,5 @@ def test_two_bridges_creating_the_same_conversations_do_not_deadlock():
     """
     tenant = tenant_get_default()
     keys = [(tenant.pk, "api", f"u-{n:05d}") for n in range(8000)]
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def create(order: list) -> None:
-        try:
-            start.wait()
-            with transaction.atomic():
-                _conversations_create(order)
-                time.sleep(0.3)  # hold the locks, as a batch does until commit
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [
-        threading.Thread(target=create, args=(order,)) for order in (keys, keys[::-1])
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert errors == []
+    assert transactions_at_once(_conversations_create, [keys, keys[::-1]]) == []
     assert Conversation.objects.filter(tenant=tenant).count() == 8000
