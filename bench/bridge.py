@@ -19,8 +19,10 @@ client, so both subscriptions hold all N. Then:
     bridge's own cost (dedup claims, enqueue, ack) without the route's writes.
 
 The bridge runs with the command's defaults (``--batch-workers 2``, batch size
-200) and the bare subscriber's ``--max-in-flight``; ``--processes N`` runs N
-bridge processes (each with that flow control) and counts the CPU of all.
+200, one process per usable CPU up to 4, as PUBSUB_BRIDGE_PROCESSES=auto
+says) and the bare subscriber's ``--max-in-flight`` per process;
+``--processes N`` runs N bridge processes instead. The CPU of all of them
+is counted.
 
 Prints messages/s of both, b/a (target >= 0.6), and the counts lost and
 duplicated, read from the Celery messages in Redis (one ``reply_generate`` per
@@ -285,6 +287,21 @@ class Window:
         self.services = {k: now[k] - v for k, v in self.services.items()}
 
 
+def default_processes() -> int:
+    """Return the command's default process count (PUBSUB_BRIDGE_PROCESSES).
+
+    Loaded from its file: bench/webhooks.py shadows the webhooks package here.
+    """
+    import importlib.util
+
+    path = ROOT / "webhooks" / "bridge" / "processes.py"
+    spec = importlib.util.spec_from_file_location("bridge_processes", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.processes_from(os.environ.get("PUBSUB_BRIDGE_PROCESSES", ""))
+
+
 def queue_key(prefix: str) -> str:
     return f"{prefix}ai"
 
@@ -364,9 +381,16 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--batch-workers", type=int, default=2)
-    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="bridge processes (default: the command's, PUBSUB_BRIDGE_PROCESSES)",
+    )
     args = parser.parse_args()
     n = args.messages
+    if args.processes is None:
+        args.processes = default_processes()
 
     import redis
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import environ
 
+from webhooks.bridge.processes import processes_from as _bridge_processes_from
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("VOCOENG_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -363,6 +365,11 @@ PUBSUB_SUBSCRIPTION_DEAD_LETTER = env.str(
 # nacks the message (each nack counts towards the subscription's 5 attempts).
 PUBSUB_BRIDGE_BROKER_RETRY_SECONDS = env.float(
     "PUBSUB_BRIDGE_BROKER_RETRY_SECONDS", default=30.0
+)
+# Bridge processes `manage.py pubsub_bridge` starts when --processes is not
+# given: "auto" = one per usable CPU, at most 4 (webhooks/bridge/processes.py).
+PUBSUB_BRIDGE_PROCESSES = _bridge_processes_from(
+    env.str("PUBSUB_BRIDGE_PROCESSES", default="auto")
 )
 # A dedup claim left "pending" longer than this (a bridge that died between
 # claim and enqueue) may be taken over by the next delivery.

@@ -17,7 +17,9 @@ class BridgeProcess(ChildProcess):
     ready_marker = "bridge pulling"
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(env=env)
+        # One bridge process unless a test asks for more (--processes, or
+        # PUBSUB_BRIDGE_PROCESSES in env): its default is one per CPU.
+        super().__init__(env={"PUBSUB_BRIDGE_PROCESSES": "1", **(env or {})})
         self.args = list(args)
 
     def command(self) -> list[str]:

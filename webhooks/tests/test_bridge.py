@@ -229,16 +229,19 @@ def test_missing_credentials_exit_non_zero_with_a_clear_message(
     assert "no Google credentials" in bridge.output()
 
 
+@pytest.mark.parametrize("how", ["flag", "setting"])
 def test_processes_share_the_subscription_and_stop_together(
-    settings, start_bridge
+    settings, start_bridge, how
 ) -> None:
     from conftest import purge_queues
     from webhooks.tests.conftest import broker_queue_size
 
     purge_queues()
-    bridge = start_bridge(
-        "--subscription", settings.PUBSUB_SUBSCRIPTION_MESSAGES, "--processes", "2"
-    )
+    subscription = ("--subscription", settings.PUBSUB_SUBSCRIPTION_MESSAGES)
+    if how == "flag":
+        bridge = start_bridge(*subscription, "--processes", "2")
+    else:  # the default: PUBSUB_BRIDGE_PROCESSES; each child is one bridge
+        bridge = start_bridge(*subscription, env={"PUBSUB_BRIDGE_PROCESSES": "2"})
     wait_for(lambda: bridge.output().count("bridge pulling") == 2)
     kind = {"kind": "chat_message"}
     publish_all(settings.PUBSUB_TOPIC_MESSAGES, [(chat(i), kind) for i in range(20)])

@@ -66,11 +66,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--processes",
             type=int,
-            default=1,
+            default=None,
             help="run this many bridge processes on the subscriptions (each with "
             "its own --max-in-flight, --batch-workers and database connections; "
             "with --metrics-port, process i serves on PORT+i); SIGTERM/SIGINT "
-            "stop them all",
+            "stop them all. Default: PUBSUB_BRIDGE_PROCESSES ('auto': one per "
+            "usable CPU, at most 4)",
         )
         parser.add_argument(
             "--metrics-port",
@@ -82,6 +83,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["max_in_flight"] < 1:
             raise CommandError("--max-in-flight must be at least 1")
+        if options["processes"] is None:
+            options["processes"] = settings.PUBSUB_BRIDGE_PROCESSES
         if options["processes"] < 1:
             raise CommandError("--processes must be at least 1")
         if options["batch_size"] < 1 or options["batch_workers"] < 1:
@@ -139,7 +142,9 @@ class Command(BaseCommand):
         exits on its own stops the others, and its exit status becomes this
         command's failure.
         """
+        # each child is one bridge, whatever PUBSUB_BRIDGE_PROCESSES says
         args = [f"--subscription={name}" for name in subscriptions]
+        args.append("--processes=1")
         for flag in ("max_in_flight", "batch_size", "batch_workers"):
             args.append(f"--{flag.replace('_', '-')}={options[flag]}")
         if options["broker_retry_seconds"] is not None:
