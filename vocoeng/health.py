@@ -117,29 +117,42 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=503 if failing else 200)
 
 
+def dependency_down(exc: BaseException) -> str | None:
+    """Name the dependency ``exc`` says is unreachable, or None for anything else.
+
+    ``django.db``'s OperationalError and InterfaceError (server gone, refused,
+    locked, deadlocked): "database"; kombu's OperationalError (what Celery
+    raises once the broker refuses): "broker"; a transient PubSubError:
+    "pubsub". A bug (IntegrityError, ProgrammingError, anything else) is None.
+    """
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from .pubsub import PubSubError
+
+    if isinstance(exc, db.OperationalError | db.InterfaceError):
+        return "database"
+    if isinstance(exc, BrokerError):
+        return "broker"
+    if isinstance(exc, PubSubError) and exc.transient:
+        return "pubsub"
+    return None
+
+
 class DependencyDownMiddleware:
     """Answer 503 with Retry-After when a view fails because the database or
     the broker cannot be reached, instead of Django's 500.
 
-    Only connection-level failures are translated: ``django.db``'s
-    OperationalError and InterfaceError (server gone, refused, locked,
-    deadlocked) and kombu's OperationalError (what Celery raises once the
-    broker refuses). A bug (IntegrityError, ProgrammingError, anything else)
-    stays a 500. Views that know better (the webhooks, the analytics ingest)
-    answer their own 503 first and never get here.
+    Only what :func:`dependency_down` names is translated (the database,
+    the broker, a transient Pub/Sub failure); a bug (IntegrityError,
+    ProgrammingError, anything else) stays a 500. Views that know better
+    (the webhooks, the analytics ingest) answer their own 503 first and
+    never get here.
     """
 
     RETRY_AFTER_SECONDS = 5
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        from kombu.exceptions import OperationalError as BrokerError
-
-        self.down = {
-            db.OperationalError: "database",
-            db.InterfaceError: "database",
-            BrokerError: "broker",
-        }
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)
@@ -147,10 +160,7 @@ class DependencyDownMiddleware:
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponse | None:
-        part = next(
-            (name for cls, name in self.down.items() if isinstance(exception, cls)),
-            None,
-        )
+        part = dependency_down(exception)
         if part is None:
             return None
         logger.error(

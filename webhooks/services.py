@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from conversations.models import Message
@@ -502,6 +502,24 @@ def delivery_process_queued(*, delivery_id: Any) -> dict | None:
             verdict=WebhookDelivery.Verdict.RECEIVED, error=error[:4000]
         )
         raise ChainsNotEnqueued(error) from exc
+
+
+def delivery_defer_by_id(*, delivery_id: Any, error: str) -> None:
+    """Leave a queued delivery ``received`` with ``error``: a dependency is down.
+
+    :func:`deliveries_sweep` queues it again (every
+    WEBHOOK_SWEEP_INTERVAL_SECONDS) until it goes through; the admin shows
+    the error meanwhile. With the database down too, only the log says so.
+    """
+    logger.warning(
+        "webhook_delivery_deferred delivery=%s error=%s", delivery_id, error[:200]
+    )
+    try:
+        WebhookDelivery.objects.filter(
+            pk=delivery_id, verdict=WebhookDelivery.Verdict.RECEIVED
+        ).update(error=error[:4000])
+    except DatabaseError:
+        logger.warning("webhook_delivery_deferred_unrecorded delivery=%s", delivery_id)
 
 
 def delivery_fail_by_id(*, delivery_id: Any, error: str) -> None:

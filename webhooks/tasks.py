@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from vocoeng.health import dependency_down
 from vocoeng.queues import Queue
 
 from . import services
@@ -16,10 +17,11 @@ from . import services
     acks_late=True,
     reject_on_worker_lost=True,
     route=Queue.DEFAULT,
-    # 2, 4, ... 32 s between tries (about a minute), then recorded as failed
-    # for a replay. Not longer: while a delivery stays `received`, the sweep
-    # (every WEBHOOK_SWEEP_INTERVAL_SECONDS) queues another copy of its task,
-    # so a long budget would multiply the tasks during an outage.
+    # 2, 4, ... 32 s between tries (about a minute). Then a dependency still
+    # down (database, broker, Pub/Sub) leaves the delivery `received`, its
+    # error noted, and the sweep (every WEBHOOK_SWEEP_INTERVAL_SECONDS) queues
+    # it again until it goes through; any other error records it failed, for
+    # a replay. Not a longer budget: the sweep's copies would multiply.
     max_retries=5,
 )
 def delivery_process(self, delivery_id: str) -> None:
@@ -32,10 +34,12 @@ def delivery_process(self, delivery_id: str) -> None:
         if self.request.retries < self.max_retries:
             countdown = min(300, 2 ** (self.request.retries + 1))
             raise self.retry(exc=exc, countdown=countdown) from exc
+        error = f"{type(exc).__name__}: {exc}"
+        if dependency_down(exc) is not None:
+            services.delivery_defer_by_id(delivery_id=delivery_id, error=error)
+            return
         # For good: recorded as failed with the error, for a replay from the admin.
-        services.delivery_fail_by_id(
-            delivery_id=delivery_id, error=f"{type(exc).__name__}: {exc}"
-        )
+        services.delivery_fail_by_id(delivery_id=delivery_id, error=error)
         raise
 
 

@@ -122,3 +122,20 @@ def test_a_bug_is_not_mistaken_for_a_dependency_down(rf) -> None:
     assert json.loads(broker.content) == {
         "error": "temporarily unavailable (broker), retry"
     }
+
+
+def test_a_transient_pubsub_failure_is_a_dependency_down_a_permanent_one_is_not(
+    rf,
+) -> None:
+    from vocoeng.health import dependency_down
+    from vocoeng.pubsub import PubSubError
+
+    assert dependency_down(PubSubError("unreachable", transient=True)) == "pubsub"
+    assert dependency_down(PubSubError("no such topic", transient=False)) is None
+    response = DependencyDownMiddleware(lambda request: None).process_exception(
+        rf.post("/x"), PubSubError("deadline exceeded", transient=True)
+    )
+    assert response.status_code == 503
+    assert json.loads(response.content) == {
+        "error": "temporarily unavailable (pubsub), retry"
+    }

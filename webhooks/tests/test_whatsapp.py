@@ -377,16 +377,20 @@ def test_rate_limited_sender_is_stored_without_ai(
     assert queued() == 3
 
 
-def test_a_long_outage_records_the_delivery_failed_for_a_replay(
+def test_a_long_outage_leaves_the_delivery_to_the_sweep_until_it_goes_through(
     post_whatsapp, settings, pubsub_outage, queued, monkeypatch
 ) -> None:
-    """BUS=pubsub and Pub/Sub down for the whole retry budget: failed, with the
-    reason; replayed from the admin once Pub/Sub is back, it is acted on once."""
+    """BUS=pubsub and Pub/Sub down for the whole retry budget: the delivery
+    stays received with the reason; once Pub/Sub is back the sweep queues it
+    again and it is acted on once, with no replay by hand."""
+    from datetime import timedelta
+
     from django.core.management import call_command
+    from django.utils import timezone
 
     from vocoeng.models import BusMessage
     from webhooks import services
-    from webhooks.services import delivery_replay
+    from webhooks.services import deliveries_sweep
     from webhooks.tasks import delivery_process
 
     settings.BUS = "pubsub"
@@ -403,17 +407,53 @@ def test_a_long_outage_records_the_delivery_failed_for_a_replay(
     )
     # Eager: Celery runs each retry at once (no countdown), as many as allowed.
     result = delivery_process.apply(args=[str(delivery.pk)])
-    assert result.failed()
+    assert result.successful()  # deferred, not failed
     assert len(tries) == delivery_process.max_retries + 1  # the whole budget
     delivery.refresh_from_db()
-    assert delivery.verdict == "failed"
+    assert delivery.verdict == "received"
     assert "publish to" in delivery.error
     assert not BusMessage.objects.exists()  # each try undone whole
 
+    # The sweep takes deliveries older than WEBHOOK_SWEEP_AFTER_SECONDS.
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        received_at=timezone.now() - timedelta(minutes=10)
+    )
+    assert deliveries_sweep() == 1
+    assert queued("default") == 2  # the sweep's copy of the task
     pubsub_outage.up()
+    assert delivery_process.apply(args=[str(delivery.pk)]).successful()
+    delivery.refresh_from_db()
+    assert (delivery.verdict, delivery.error) == ("processed", "")
+    assert BusMessage.objects.get().pubsub_message_id
+    delivery_process.apply(args=[str(delivery.pk)])  # another copy: nothing new
+    assert BusMessage.objects.count() == 1
+    assert deliveries_sweep() == 0
+
+
+def test_a_delivery_failing_otherwise_is_recorded_failed_for_a_replay(
+    post_whatsapp, queued, monkeypatch
+) -> None:
+    """Not a dependency down (a bug, say): after the budget, failed with the
+    reason; replayed from the admin once mended, it is acted on once."""
+    from webhooks import services
+    from webhooks.services import delivery_replay
+    from webhooks.tasks import delivery_process
+
+    body = p.notification([p.text("15551230022", "hello?")])
+    assert post_whatsapp(body, process=False).status_code == 200
+    delivery = WebhookDelivery.objects.get()
+    real = services.delivery_process_queued
+
+    def broken(**kw):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(services, "delivery_process_queued", broken)
+    assert delivery_process.apply(args=[str(delivery.pk)]).failed()
+    delivery.refresh_from_db()
+    assert (delivery.verdict, delivery.error) == ("failed", "ValueError: a bug")
+
+    monkeypatch.setattr(services, "delivery_process_queued", real)
     delivery_replay(delivery=delivery)
     delivery.refresh_from_db()
     assert delivery.verdict == "processed"
-    assert BusMessage.objects.get().pubsub_message_id
-    delivery_replay(delivery=delivery)  # again: a duplicate, nothing new
-    assert BusMessage.objects.count() == 1
+    assert Message.objects.filter(content="hello?").count() == 1
