@@ -42,23 +42,33 @@ def test_failed_transaction_is_retried_by_the_task_and_stores_once(
     assert queued() == 1
 
 
-def test_failed_transaction_keeps_the_delivery_as_failed_and_stores_nothing(
-    post_whatsapp, monkeypatch, queued
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        # a dependency down: left received, for the sweep to queue again
+        (OperationalError("database went away"), "received"),
+        # anything else: failed, for a replay
+        (ValueError("database went away"), "failed"),
+    ],
+)
+def test_failed_transaction_keeps_the_delivery_and_stores_nothing(
+    post_whatsapp, monkeypatch, queued, error, verdict
 ) -> None:
     from webhooks import inbound
     from webhooks.services import delivery_replay
 
     def broken(*args, **kwargs):
-        raise OperationalError("database went away")
+        raise error
 
     body = p.notification([p.text("15551239001", "hello")])
     monkeypatch.setattr(inbound, "_insert", broken)
     assert post_whatsapp(body).status_code == 200  # recorded and queued
-    # Every retry of the task failed: recorded as failed, nothing half-written.
+    # Every retry of the task failed: recorded with the error, nothing
+    # half-written.
     delivery = WebhookDelivery.objects.get()
-    assert delivery.verdict == "failed"
+    assert delivery.verdict == verdict
     assert "database went away" in delivery.error
-    assert '"hello"' in delivery.body  # kept for the replay
+    assert '"hello"' in delivery.body  # kept for the sweep or a replay
     assert Message.objects.count() == 0
     assert Conversation.objects.count() == 0
     assert queued() == 0
