@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from vocoeng.health import dependency_down
 from vocoeng.queues import Queue
 
 from . import services
@@ -34,6 +33,8 @@ def delivery_process(self, delivery_id: str) -> None:
         if self.request.retries < self.max_retries:
             countdown = min(300, 2 ** (self.request.retries + 1))
             raise self.retry(exc=exc, countdown=countdown) from exc
+        from vocoeng.health import dependency_down  # web module: not at import
+
         error = f"{type(exc).__name__}: {exc}"
         if dependency_down(exc) is not None:
             services.delivery_defer_by_id(delivery_id=delivery_id, error=error)
