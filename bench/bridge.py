@@ -18,11 +18,12 @@ client, so both subscriptions hold all N. Then:
     ``chat_message`` pointed at a route that only enqueues a no-op task: the
     bridge's own cost (dedup claims, enqueue, ack) without the route's writes.
 
-The bridge runs with the command's defaults (``--batch-workers 2``, batch size
-200, one process per usable CPU up to 4, as PUBSUB_BRIDGE_PROCESSES=auto
-says) and the bare subscriber's ``--max-in-flight`` per process;
-``--processes N`` runs N bridge processes instead. The CPU of all of them
-is counted.
+The bridge runs with the command's defaults (webhooks/bridge/defaults.py:
+1,000 in flight and batches of 500 per process, two batch workers; one process
+per usable CPU up to 4, as PUBSUB_BRIDGE_PROCESSES=auto says); ``--processes``,
+``--max-in-flight``, ``--batch-size`` and ``--batch-workers`` override them.
+The bare subscriber runs at ``--bare-max-in-flight`` (500). The CPU of all
+the bridge processes is counted.
 
 Prints messages/s of both, b/a (target >= 0.6), and the counts lost and
 duplicated, read from the Celery messages in Redis (one ``reply_generate`` per
@@ -287,18 +288,25 @@ class Window:
         self.services = {k: now[k] - v for k, v in self.services.items()}
 
 
-def default_processes() -> int:
-    """Return the command's default process count (PUBSUB_BRIDGE_PROCESSES).
+def _bridge_module(name: str):
+    """Load ``webhooks/bridge/<name>.py`` from its file.
 
-    Loaded from its file: bench/webhooks.py shadows the webhooks package here.
+    bench/webhooks.py shadows the webhooks package here; both files import
+    nothing of the project.
     """
     import importlib.util
 
-    path = ROOT / "webhooks" / "bridge" / "processes.py"
-    spec = importlib.util.spec_from_file_location("bridge_processes", path)
+    path = ROOT / "webhooks" / "bridge" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bridge_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def default_processes() -> int:
+    """Return the command's default process count (PUBSUB_BRIDGE_PROCESSES)."""
+    module = _bridge_module("processes")
     return module.processes_from(os.environ.get("PUBSUB_BRIDGE_PROCESSES", ""))
 
 
@@ -378,9 +386,25 @@ def count_chains(r, key: str) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--max-in-flight", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--batch-workers", type=int, default=2)
+    parser.add_argument(
+        "--bare-max-in-flight",
+        type=int,
+        default=500,
+        help="the bare subscriber's flow control (its steadiest here: at 1,000 "
+        "and more it varied from 13,000 to 22,000 msg/s run to run)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="the bridge's, per process (default: the command's)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the command's"
+    )
+    parser.add_argument(
+        "--batch-workers", type=int, default=None, help="default: the command's"
+    )
     parser.add_argument(
         "--processes",
         type=int,
@@ -391,6 +415,10 @@ def main() -> None:
     n = args.messages
     if args.processes is None:
         args.processes = default_processes()
+    defaults = _bridge_module("defaults")
+    for name in ("max_in_flight", "batch_size", "batch_workers"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults, name.upper()))
 
     import redis
 
@@ -455,23 +483,24 @@ def main() -> None:
         subscriber.close()
 
         print(
-            f"messages {n}, max in flight {args.max_in_flight}, batch size "
-            f"{args.batch_size}, batch workers {args.batch_workers}, bridge "
-            f"processes {args.processes}"
+            f"messages {n}; bridge: {args.processes} processes, each max in "
+            f"flight {args.max_in_flight}, batch size {args.batch_size}, batch "
+            f"workers {args.batch_workers}; bare subscriber: max in flight "
+            f"{args.bare_max_in_flight}"
         )
         print(f"database {db_desc}; broker {broker_desc}; emulator {address}")
         published = publish(topic, n)
         Window.emulator_pid = emulator.pid
         wa, wb, wb0 = Window(), Window(), Window()
-        a_before, cpu_before = bare(bare_sub, n, args.max_in_flight, wa)
-        a2, a2_cpu = bare_stream(stream_sub, n, args.max_in_flight, Window())
+        a_before, cpu_before = bare(bare_sub, n, args.bare_max_in_flight, wa)
+        a2, a2_cpu = bare_stream(stream_sub, n, args.bare_max_in_flight, Window())
         b, b_cpu = bridge(
             env, r, queue_key(prefix), n, "vocoeng-messages-bridge", extra, wb
         )
         # (a) again right after (b): the machine's speed drifts by tens of
         # percent within a minute here, so (b) is compared with the mean of
         # the two runs that bracket it (both printed).
-        a_after, cpu_after = bare(after_sub, n, args.max_in_flight, Window())
+        a_after, cpu_after = bare(after_sub, n, args.bare_max_in_flight, Window())
         a, a_cpu = (a_before + a_after) / 2, (cpu_before + cpu_after) / 2
         queued, distinct = count_chains(r, queue_key(prefix))
         lost, duplicated = n - distinct, queued - distinct

@@ -205,6 +205,7 @@ def streaming_pull(
     subscription: str,
     on_messages: Callable[[list[Received]], None],
     max_messages: int,
+    max_bytes: int = 0,
 ) -> StreamingPull:
     """Open and start a streaming pull on ``subscription`` with flow control.
 
@@ -212,13 +213,16 @@ def streaming_pull(
     stream's own thread (it must only hand them over); each is a
     :class:`Received` (``data``, ``attributes``, ``message_id``,
     ``delivery_attempt``, ``ack()``, ``nack()``). At most ``max_messages`` are
-    outstanding at a time. See :mod:`vocoeng.pubsub.streaming`.
+    outstanding at a time, and when ``max_bytes`` is set, no more than that
+    many bytes of them (always at least one message). See
+    :mod:`vocoeng.pubsub.streaming`.
     """
     return StreamingPull(
         client=subscriber(),
         path=subscription_path(subscription),
         on_messages=on_messages,
         max_messages=max_messages,
+        max_bytes=max_bytes,
         translate=lambda exc: _translate(subscription, exc),
     ).start()
 

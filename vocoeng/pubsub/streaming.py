@@ -93,7 +93,8 @@ class StreamingPull:
 
     ``on_messages`` runs on the stream's own thread and must only hand the
     messages over. At most ``max_messages`` are outstanding (delivered, not yet
-    acked or nacked): the server holds back the rest. ``stop()`` ends the
+    acked or nacked), and at most ``max_bytes`` of them when set: the server
+    holds back the rest. ``stop()`` ends the
     stream, nacks what is still outstanding and sends every ack and nack
     before it returns; ``done()`` / ``error()`` report a stream that ended on
     its own (an error the library would not reopen on).
@@ -108,6 +109,7 @@ class StreamingPull:
         max_messages: int,
         translate: Callable[[Exception], Exception],
         ack_deadline: int = STREAM_ACK_DEADLINE_SECONDS,
+        max_bytes: int = 0,
     ) -> None:
         from google.api_core import retry
         from google.pubsub_v1 import types
@@ -116,6 +118,7 @@ class StreamingPull:
         self.path = path
         self._on_messages = on_messages
         self._max_messages = max_messages
+        self._max_bytes = max_bytes  # 0: no byte limit
         self._translate = translate
         self._ack_deadline = ack_deadline
         self._request = types.StreamingPullRequest.pb()
@@ -269,6 +272,7 @@ class StreamingPull:
             subscription=self.path,
             stream_ack_deadline_seconds=self._ack_deadline,
             max_outstanding_messages=self._max_messages,
+            max_outstanding_bytes=self._max_bytes,
             client_id=self._client_id,
         )
         while not ended.wait(HEARTBEAT_SECONDS):

@@ -85,9 +85,14 @@ def _pull_now(subscription: str) -> list[str]:
 def stream_of(pubsub_settings) -> Iterator:
     streams: list[pubsub.StreamingPull] = []
 
-    def open_(subscription: str, inbox: Inbox, max_messages: int = 100):
+    def open_(
+        subscription: str, inbox: Inbox, max_messages: int = 100, max_bytes: int = 0
+    ):
         stream = pubsub.streaming_pull(
-            subscription=subscription, on_messages=inbox, max_messages=max_messages
+            subscription=subscription,
+            on_messages=inbox,
+            max_messages=max_messages,
+            max_bytes=max_bytes,
         )
         streams.append(stream)
         return stream
@@ -131,6 +136,23 @@ def test_flow_control_holds_back_what_is_beyond_max_messages(stream_of) -> None:
     inbox.wait_for(10)
     time.sleep(0.5)
     assert len(inbox.messages) == 10
+
+
+def test_flow_control_holds_back_what_is_beyond_max_bytes(stream_of) -> None:
+    topic, sub = _topic_and_subscription()
+    for i in range(6):
+        pubsub.publish(topic=topic, data=bytes([65 + i]) * 1000, attributes={})
+    inbox = Inbox()
+    stream = stream_of(sub, inbox, max_messages=100, max_bytes=2500)
+
+    held = inbox.wait_for(2)  # two of 1,000 bytes fit in 2,500; a third not
+    time.sleep(0.5)
+    assert len(inbox.messages) == 2
+    assert stream.outstanding() == 2
+    held[0].ack()
+    inbox.wait_for(3)
+    time.sleep(0.5)
+    assert len(inbox.messages) == 3
 
 
 def test_stop_hands_back_what_was_not_acked_at_once(stream_of) -> None:

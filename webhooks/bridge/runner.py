@@ -14,7 +14,7 @@ from django.conf import settings
 
 from vocoeng import pubsub
 
-from . import metrics
+from . import defaults, metrics
 from .batching import Result, batch_handle
 from .handling import Delivery, Outcome
 
@@ -58,7 +58,7 @@ class Bridge:
         subscriptions: Iterable[str],
         max_in_flight: int,
         retry_seconds: float | None = None,
-        batch_size: int = 200,
+        batch_size: int = defaults.BATCH_SIZE,
         batch_workers: int = 1,
         linger_seconds: float = 0.005,
     ) -> None:
@@ -234,6 +234,7 @@ class Bridge:
                     subscription=name,
                     on_messages=self._callback(name),
                     max_messages=self.max_in_flight,
+                    max_bytes=defaults.MAX_IN_FLIGHT_BYTES,
                 )
             )
         logger.info(

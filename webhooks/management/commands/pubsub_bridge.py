@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from vocoeng import pubsub
 from vocoeng.celery import gc_freeze
-from webhooks.bridge import metrics
+from webhooks.bridge import defaults, metrics
 from webhooks.bridge.runner import Bridge, subscription_kinds
 
 
@@ -37,20 +37,23 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-in-flight",
             type=int,
-            default=100,
-            help="messages outstanding per subscription (flow control)",
+            default=defaults.MAX_IN_FLIGHT,
+            help="messages outstanding per subscription (flow control, default "
+            f"%(default)s; at most {defaults.MAX_IN_FLIGHT_BYTES // 2**20} MiB of "
+            "them)",
         )
         parser.add_argument(
             "--batch-size",
             type=int,
-            default=200,
+            default=defaults.BATCH_SIZE,
             help="handle up to this many messages together (one dedup INSERT, "
-            "one route transaction, one broker connection); 1 = one by one",
+            "one route transaction, one broker connection; default "
+            "%(default)s); 1 = one by one",
         )
         parser.add_argument(
             "--batch-workers",
             type=int,
-            default=2,
+            default=defaults.BATCH_WORKERS,
             help="threads handling batches concurrently (each holds one database "
             "connection: keep DB_POOL_MAX_SIZE at least this); two measured "
             "fastest: one's database and broker round trips overlap the other's "
