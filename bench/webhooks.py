@@ -142,6 +142,15 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def workers_cpu(pid: int) -> dict[int, float]:
+    """Return the CPU seconds of each direct child (gunicorn's workers) of ``pid``."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return {}
+    return {int(c): tree_cpu(int(c)) for c in children}
+
+
 def services_cpu() -> float:
     """Return the CPU seconds of this host's postgres and redis-server processes.
 
@@ -216,11 +225,21 @@ class Client:
         self.sock = None
 
 
+# Each client opens a new connection after this many requests. gunicorn's
+# workers take connections as they accept them: with 32 connections held for
+# the whole run, one worker now and then held nearly all of them, and that run
+# went at one process's speed (the no-op view at ~1,000 against ~2,800 req/s,
+# one worker's CPU busy; bimodal from run to run). Reconnecting spreads the
+# load over the workers as a sender's new connections do over time.
+RECONNECT_EVERY = 10
+
+
 def load(port: int, requests: list[bytes], concurrency: int) -> dict:
     """Send every request once from ``concurrency`` keep-alive clients.
 
     Requests are pre-built bytes on raw sockets: the generator shares the
     cores with the server, so it is kept as cheap as it can be in Python.
+    Each client reconnects every ``RECONNECT_EVERY`` requests.
     """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -235,6 +254,8 @@ def load(port: int, requests: list[bytes], concurrency: int) -> dict:
                 i = next(cursor, None)
             if i is None:
                 break
+            if len(mine) % RECONNECT_EVERY == RECONNECT_EVERY - 1:
+                conn.close()
             started = time.perf_counter()
             try:
                 code = conn.send(requests[i])
@@ -325,6 +346,7 @@ def main() -> int:
     run_started = timezone.now()  # this run's deliveries (the database is kept)
     load_before = os.getloadavg()
     results = {}
+    splits: dict[str, str] = {}  # each run's CPU per gunicorn worker, in %
     # The no-op view runs right before and right after the webhook, and the
     # ratio is taken against the mean of the two: the machine's speed drifts
     # by tens of percent from one minute to the next here.
@@ -341,9 +363,18 @@ def main() -> int:
         try:
             load(port, bodies[:50], 4)  # warm up (imports, connections)
             server_cpu, client_cpu = tree_cpu(proc.pid), time.process_time()
+            split_before = workers_cpu(proc.pid)
             backend_cpu = services_cpu()
             sent_now = bodies[50:] if name == "webhook" else bodies
             results[name] = load(port, sent_now, args.concurrency)
+            split = {
+                k: v - split_before.get(k, 0.0)
+                for k, v in workers_cpu(proc.pid).items()
+            }
+            total = sum(split.values()) or 1.0
+            splits[name] = "/".join(
+                f"{100 * v / total:.0f}" for v in sorted(split.values(), reverse=True)
+            )
             results[name]["server_cpu_ms"] = (
                 (tree_cpu(proc.pid) - server_cpu) * 1000 / len(sent_now)
             )
@@ -415,6 +446,10 @@ def main() -> int:
         "django no-op before / after the webhook: "
         + " / ".join(f"{r['rps']:.0f}" for r in noop_runs)
         + " req/s (the django row: their mean)"
+    )
+    print(
+        "CPU per gunicorn worker, %: "
+        + ", ".join(f"{name} {split}" for name, split in splits.items())
     )
     print(
         f"ratio webhook/django-noop req/s: {web['rps'] / results['django']['rps']:.2f}"
