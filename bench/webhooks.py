@@ -4,8 +4,9 @@ Starts gunicorn with the Procfile's ``web`` line on a fresh var dir and
 database (migrated first), sends N signed webhook POSTs (unique wamids) from C
 keep-alive client threads (pre-built requests on raw sockets, so the generator
 stays cheap: it shares the cores; each reconnects every 10 requests, so the
-load spreads over gunicorn's workers, whose CPU split is printed), and the same load right before and right
-after it (their mean is the baseline: the machine's speed drifts) against
+load spreads over gunicorn's workers, whose CPU split is printed), and the
+same load right before and right after it (their mean is the baseline: the
+machine's speed drifts) against
 ``bench/django_noop.py`` (Django's full stack, a view that only returns 200:
 the framework's floor) and ``bench/bare_wsgi.py`` under the same gunicorn
 config. Prints requests/s, p50/p99 and CPU per request (server process tree,

@@ -374,6 +374,12 @@ PUBSUB_BRIDGE_PROCESSES = _bridge_processes_from(
 # A dedup claim left "pending" longer than this (a bridge that died between
 # claim and enqueue) may be taken over by the next delivery.
 PUBSUB_BRIDGE_CLAIM_SECONDS = env.int("PUBSUB_BRIDGE_CLAIM_SECONDS", default=120)
+# Claims are kept this long, then deleted by celery beat's webhooks.claims_prune:
+# longer than the subscriptions keep a message (7 days), so that a redelivery
+# or a publisher's retry still finds its claim.
+PUBSUB_CLAIM_KEEP_DAYS = env.float("PUBSUB_CLAIM_KEEP_DAYS", default=8.0)
+if PUBSUB_CLAIM_KEEP_DAYS <= 0:
+    raise ValueError("PUBSUB_CLAIM_KEEP_DAYS must be above 0")
 # kind → dotted path of the function that validates a message and builds its
 # Celery signature. Resolved lazily so the bus, the push endpoint and the bridge
 # share it without importing the apps.
@@ -486,6 +492,10 @@ CELERY_BEAT_SCHEDULE = {
     "webhooks-sweep": {
         "task": "webhooks.deliveries_sweep",
         "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=60.0),
+    },
+    "bridge-claims-prune": {
+        "task": "webhooks.claims_prune",
+        "schedule": env.float("PUBSUB_CLAIM_PRUNE_INTERVAL_SECONDS", default=3600.0),
     },
 }
 # A WhatsApp/AiSensy delivery is recorded by the web and processed by a

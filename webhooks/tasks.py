@@ -53,3 +53,26 @@ def delivery_process(self, delivery_id: str) -> None:
 def deliveries_sweep() -> int:
     """Enqueue again the deliveries whose task was lost (a beat task)."""
     return services.deliveries_sweep()
+
+
+@shared_task(
+    name="webhooks.claims_prune",
+    ignore_result=True,
+    acks_late=True,
+    route=Queue.DEFAULT,
+)
+def claims_prune() -> int:
+    """Delete the dedup claims older than PUBSUB_CLAIM_KEEP_DAYS (a beat task)."""
+    import logging
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from .bridge.dedup import dedup_prune
+
+    cutoff = timezone.now() - timedelta(days=settings.PUBSUB_CLAIM_KEEP_DAYS)
+    deleted = dedup_prune(older_than=cutoff)
+    if deleted:
+        logging.getLogger(__name__).info("bridge_claims_pruned count=%s", deleted)
+    return deleted

@@ -27,6 +27,7 @@ def test_task_names_and_queues_are_stable() -> None:
         "pipeline.expand": Queue.AI,
         "pipeline.reap": Queue.DEFAULT,
         "pipeline.review": Queue.AI,
+        "webhooks.claims_prune": Queue.DEFAULT,
         "webhooks.deliveries_sweep": Queue.DEFAULT,
         "webhooks.delivery_process": Queue.DEFAULT,
     }

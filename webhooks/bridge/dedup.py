@@ -241,6 +241,29 @@ def dedup_release_many(*, keys: Iterable[tuple[str, str]]) -> None:
         ).delete()
 
 
+def dedup_prune(*, older_than: datetime, chunk: int = 10_000) -> int:
+    """Delete the claims taken before ``older_than``; return how many.
+
+    A claim only matters while its message can still come back: Pub/Sub keeps
+    an unacked message for the subscription's retention (7 days), and a
+    publisher's retry comes sooner. Older claims are dead weight in the
+    table and its unique index. Deleted ``chunk`` rows a statement, oldest
+    first, each its own transaction: no long lock, no huge WAL record.
+    """
+    deleted = 0
+    while True:
+        ids = list(
+            ProcessedMessage.objects.filter(created_at__lt=older_than)
+            .order_by("created_at")
+            .values_list("pk", flat=True)[:chunk]
+        )
+        if not ids:
+            return deleted
+        deleted += ProcessedMessage.objects.filter(pk__in=ids).delete()[0]
+        if len(ids) < chunk:
+            return deleted
+
+
 def dedup_finish(*, kind: str, key: str, dead: bool = False) -> None:
     """Mark the claim done (or dead-lettered): later deliveries are duplicates."""
     state = ProcessedMessage.State.DEAD if dead else ProcessedMessage.State.DONE
