@@ -420,21 +420,38 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
         if stored_before:
             found.update(_stored_messages_pg(stored_before))
         if counts:
-            pg_bulk.execute(
-                f"UPDATE {_table(Conversation)} AS c SET "  # noqa: S608 - our names
-                "message_count = c.message_count + v.n, last_message = v.body, "
-                "last_activity = %s FROM (SELECT (r->>0)::bigint AS id, "
-                "(r->>1)::integer AS n, r->>2 AS body "
-                "FROM json_array_elements(%s::json) AS r) AS v WHERE c.id = v.id",
-                [
-                    now,
-                    # in id order, as every bump: see _conversations_create
-                    pg_bulk.json_rows(
-                        (k, n, last[k]) for k, n in sorted(counts.items())
-                    ),
-                ],
-            )
+            _conversations_bump_pg(counts=counts, last=last, now=now)
     return [found[(e["channel"], e["external_id"])] for e in entries]
+
+
+def _conversations_bump_pg(
+    *, counts: dict[int, int], last: dict[int, str], now: Any
+) -> None:
+    """Add ``counts`` to message_count and set last_message (PostgreSQL).
+
+    The rows are locked first, in id order (``ORDER BY id FOR UPDATE`` locks
+    as the sorted rows come out). The UPDATE alone locks them in the order
+    its plan reads them, and the plan varies with the batch: a nested loop
+    over the (sorted) rows goes in id order, a hash join in the table's
+    physical order, which updates shuffle. Two bridges whose plans differed
+    deadlocked on overlapping conversations (PostgreSQL's log, bench/bridge.py
+    with batches of 500: a second's stall, then one message at a time).
+    """
+    table = _table(Conversation)
+    ids = sorted(counts)
+    pg_bulk.execute(
+        f"SELECT id FROM {table} "  # noqa: S608 - our names
+        "WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE",
+        [ids],
+    )
+    pg_bulk.execute(
+        f"UPDATE {table} AS c SET "  # noqa: S608 - our names
+        "message_count = c.message_count + v.n, last_message = v.body, "
+        "last_activity = %s FROM (SELECT (r->>0)::bigint AS id, "
+        "(r->>1)::integer AS n, r->>2 AS body "
+        "FROM json_array_elements(%s::json) AS r) AS v WHERE c.id = v.id",
+        [now, pg_bulk.json_rows((k, counts[k], last[k]) for k in ids)],
+    )
 
 
 def _stored_messages_pg(

@@ -6,10 +6,12 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from conversations.models import Conversation, Message
 from conversations.routes import (
     _MESSAGE_COLUMNS,
+    _conversations_bump_pg,
     _conversations_create,
     inbound_store_many,
 )
@@ -247,3 +249,43 @@ def test_two_bridges_creating_the_same_conversations_do_not_deadlock():
     keys = [(tenant.pk, "api", f"u-{n:05d}") for n in range(8000)]
     assert transactions_at_once(_conversations_create, [keys, keys[::-1]]) == []
     assert Conversation.objects.filter(tenant=tenant).count() == 8000
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite locks the whole database per write: no row-lock order there",
+)
+@pytest.mark.django_db(transaction=True)
+def test_two_bridges_bumping_the_same_conversations_do_not_deadlock():
+    """Whatever order an UPDATE's plan reads the rows in, they are locked by id.
+
+    The rows are written in descending id order (the table's physical
+    order the reverse of the ids), then two batches bump every conversation
+    at once, one planned as a nested loop over the sorted rows (id order),
+    the other as a hash join (physical order). Locked by the UPDATE alone,
+    they locked crosswise and PostgreSQL ended one with "deadlock detected".
+    """
+    tenant = tenant_get_default()
+    Conversation.objects.bulk_create(
+        Conversation(
+            id=10_000 + n, tenant=tenant, channel="api", external_user_id=f"u-{n}"
+        )
+        for n in reversed(range(3000))
+    )
+    ids = sorted(Conversation.objects.values_list("pk", flat=True))
+    counts = dict.fromkeys(ids, 1)
+    last = dict.fromkeys(ids, "hi")
+    plans = {
+        "nested loop": "SET LOCAL enable_hashjoin = off;"
+        "SET LOCAL enable_mergejoin = off",
+        "hash join": "SET LOCAL enable_nestloop = off;SET LOCAL enable_mergejoin = off",
+    }
+
+    def bump(plan: str) -> None:
+        with connection.cursor() as cursor:
+            for statement in plans[plan].split(";"):
+                cursor.execute(statement)
+        _conversations_bump_pg(counts=counts, last=last, now=timezone.now())
+
+    assert transactions_at_once(bump, list(plans)) == []
+    assert set(Conversation.objects.values_list("message_count", flat=True)) == {2}
