@@ -59,7 +59,7 @@ class Bridge:
         max_in_flight: int,
         retry_seconds: float | None = None,
         batch_size: int = defaults.BATCH_SIZE,
-        batch_workers: int = 1,
+        batch_workers: int = defaults.BATCH_WORKERS,
         linger_seconds: float = 0.005,
     ) -> None:
         self.subscriptions = list(subscriptions)
