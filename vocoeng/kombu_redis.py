@@ -218,15 +218,53 @@ class Channel(kombu_redis.Channel):
         by_key: dict[str, list[str]] = {}
         for key, payload in entries:
             by_key.setdefault(key, []).append(payload)
+        if len(by_key) == 1:
+            [(key, payloads)] = by_key.items()
+            self._lpush(key, payloads)
+            return
         with self.conn_or_acquire() as client:
-            if len(by_key) == 1:
-                [(key, payloads)] = by_key.items()
-                client.lpush(key, *payloads)
-                return
             with client.pipeline(transaction=True) as pipe:
                 for key, payloads in by_key.items():
                     pipe.lpush(key, *payloads)
                 pipe.execute()
+
+    _push_pid = 0
+    _push_conns: list[Any]
+
+    def _lpush(self, key: str, payloads: list[str]) -> None:
+        """LPUSH ``payloads`` on ``key`` (under the channel's key prefix) on a
+        connection of the channel's own, not through the client.
+
+        A command through ``redis.Redis`` takes a connection from the pool and
+        gives it back, each with redis-py 8's event dispatch and connection
+        metrics, inside its retry wrapper: ~170 Python calls for one LPUSH,
+        and ~50 us of the webhook hand-off's CPU per batch (measured: 81 us
+        against 32 for the same LPUSH sent on a connection). The connections
+        are the pool's kind, with its settings (timeouts, TLS, health checks);
+        a command that fails on one leaves it disconnected (the next one
+        connects again), and the error goes up as the client's would.
+        """
+        pid = os.getpid()
+        if pid != self._push_pid:  # a forked child: never the parent's socket
+            self._push_pid, self._push_conns = pid, []
+        try:
+            conn = self._push_conns.pop()
+        except IndexError:  # none free (another thread's): one more
+            pool = self.client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            conn.send_command("LPUSH", self.global_keyprefix + key, *payloads)
+            conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._push_conns.append(conn)
+
+    def close(self) -> None:
+        for conn in self.__dict__.pop("_push_conns", []):
+            conn.disconnect()
+        super().close()
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any):
         # A no_ack consumer never calls QoS.append: its messages must not be

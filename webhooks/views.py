@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
+import orjson
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -45,7 +46,20 @@ def _accept(request: HttpRequest, *, source: str, accept: Accept) -> HttpRespons
     except services.DeliveryFailed as exc:  # DB or broker down: the sender retries
         logger.warning("webhook_failed source=%s delivery=%s", source, exc.delivery)
         return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
-    return JsonResponse({"status": "ok", "delivery": str(delivery.pk)})
+    return _accepted(delivery)
+
+
+def _accepted(delivery: WebhookDelivery) -> HttpResponse:
+    """Return ``{"status": "ok", "delivery": <id>}``, encoded by orjson.
+
+    Every accepted webhook answers this: JsonResponse's encoder (a
+    DjangoJSONEncoder made per response) cost ~25 us of a request's CPU
+    under load, orjson ~3 (bench/webhooks.py's in-process profile).
+    """
+    return HttpResponse(
+        orjson.dumps({"status": "ok", "delivery": str(delivery.pk)}),
+        content_type="application/json",
+    )
 
 
 def _process(

@@ -223,3 +223,48 @@ def test_push_many_leaves_each_list_as_one_lpush_a_message_would(keys) -> None:
         finally:
             channel.client.delete(*names)
             channel.close()
+
+
+@needs_redis
+def test_push_many_on_one_key_goes_under_the_key_prefix_on_the_channels_connection(
+    monkeypatch,
+) -> None:
+    """The single-key push bypasses the client (vocoeng.kombu_redis._lpush):
+    the key still gets the global prefix, the pool's connections are not
+    used, a connection the server dropped is replaced on the next push, and a
+    forked child never writes on its parent's socket."""
+    import redis
+
+    prefix = f"vocoeng-test-{uuid.uuid4().hex[:8]}-"
+    key = prefix + "q"
+    plain = redis.Redis.from_url(URL)
+    options = {"global_keyprefix": prefix}
+    with Connection(URL, transport=Transport, transport_options=options) as conn:
+        channel = conn.channel()
+
+        def listed() -> list[str]:
+            return [bytes_to_str(v) for v in plain.lrange(key, 0, -1)]
+
+        try:
+            channel.push_many([("q", "a"), ("q", "b")])
+            assert listed() == ["b", "a"]
+            [push_conn] = channel._push_conns
+            pool = channel.client.connection_pool
+            assert push_conn not in pool._available_connections
+            # The server drops the connection: that push fails, as the
+            # client's would; the next one connects again.
+            push_conn.send_command("CLIENT", "ID")
+            plain.client_kill_filter(_id=push_conn.read_response())
+            with pytest.raises(redis.ConnectionError):
+                channel.push_many([("q", "lost")])
+            channel.push_many([("q", "c")])
+            assert listed() == ["c", "b", "a"]
+            monkeypatch.setattr("os.getpid", lambda: -1)  # as in a forked child
+            channel.push_many([("q", "d")])
+            assert channel._push_conns[0] is not push_conn
+            assert listed() == ["d", "c", "b", "a"]
+        finally:
+            plain.delete(key)
+            plain.close()
+            channel.close()
+        assert not channel.__dict__.get("_push_conns")
