@@ -59,14 +59,23 @@ class DeliveryFailed(Exception):
 
 
 class _Waiter:
-    __slots__ = ("correlation_id", "delivery", "done", "error", "lead")
+    """One delivery waiting for its batch; ``wake`` is released to let its
+    thread go on (its batch has run, or it is to lead the next one).
+
+    A plain lock, held from the start: its thread blocks acquiring it again
+    until the leader releases it. An Event did the same through a Condition
+    (a new lock, a deque and a dozen Python calls per wait and per set).
+    """
+
+    __slots__ = ("correlation_id", "delivery", "error", "lead", "wake")
 
     def __init__(self, delivery: WebhookDelivery) -> None:
         self.delivery = delivery
         self.correlation_id = correlation.current()
-        self.done = threading.Event()
         self.error: BaseException | None = None
         self.lead = False  # woken to lead the next batch, not done
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class _Stage:
@@ -82,15 +91,16 @@ class _Stage:
         self.leading = False
 
     def submit(self, waiter: _Waiter) -> None:
-        """Return once ``waiter``'s batch has run (its error set, if any)."""
-        waiter.done.clear()
-        waiter.lead = False
+        """Return once ``waiter``'s batch has run (its error set, if any).
+
+        ``waiter`` is new (its ``wake`` held); it is submitted once.
+        """
         with self.lock:
             self.pending.append(waiter)
             lead = not self.leading
             self.leading = True
         if not lead:
-            waiter.done.wait()
+            waiter.wake.acquire()  # until the leader releases it
             lead = waiter.lead
         if lead:  # the first of those waiting: this waiter is in the batch
             self._lead()
@@ -110,11 +120,14 @@ class _Stage:
             with self.lock:
                 if self.pending:  # the next leader: the first of those left
                     self.pending[0].lead = True
-                    self.pending[0].done.set()
+                    self.pending[0].wake.release()
                 else:
                     self.leading = False
+            # Each ``wake`` here is held: the leader's (batch[0]: it led at
+            # once, or acquired it when woken to lead) and those its thread
+            # is blocked on.
             for waiter in batch:
-                waiter.done.set()
+                waiter.wake.release()
 
 
 def delivery_hand_off(*, delivery: WebhookDelivery) -> None:

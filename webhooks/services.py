@@ -46,6 +46,7 @@ from .parsers import (
     Notification,
     parse_aisensy,
     parse_whatsapp,
+    whatsapp_notification_check,
     whatsapp_phone_number_ids,
 )
 
@@ -197,7 +198,7 @@ def _decoded(body: str | bytes) -> Any:
         raise DeliveryRejected(exc.reason) from exc
 
 
-def _parsed(data: Any, parse: Parser) -> Notification:
+def _parsed(data: Any, parse: Callable[[Any], object]) -> Any:
     try:
         return parse(data)
     except NotANotification as exc:
@@ -300,7 +301,7 @@ def delivery_accept(
     source: str,
     body: bytes,
     headers: dict[str, str],
-    parse: Parser,
+    parse: Callable[[Any], object],
     data: Any = None,
 ) -> WebhookDelivery:
     """Record a verified delivery and hand it to a worker; return the record.
@@ -313,6 +314,8 @@ def delivery_accept(
     raised (503): the sender retries. The INSERT and the publish are shared
     with the requests that reach them at the same time (webhooks.handoff).
     ``data``: the body already decoded by the view (None: decode it here).
+    ``parse``: what raises NotANotification for a body that is not one (a
+    parser, or only its checks: the worker parses).
     """
     delivery = WebhookDelivery(
         source=source,
@@ -357,7 +360,11 @@ def whatsapp_accept(
     them only to check the signature).
     """
     return delivery_accept(
-        source="whatsapp", body=body, headers=headers, parse=parse_whatsapp, data=data
+        source="whatsapp",
+        body=body,
+        headers=headers,
+        parse=whatsapp_notification_check,
+        data=data,
     )
 
 

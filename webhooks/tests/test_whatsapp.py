@@ -457,3 +457,57 @@ def test_a_delivery_failing_otherwise_is_recorded_failed_for_a_replay(
     delivery.refresh_from_db()
     assert delivery.verdict == "processed"
     assert Message.objects.filter(content="hello?").count() == 1
+
+
+_ODD_SHAPES = [
+    None,
+    [],
+    "text",
+    {},
+    {"object": "page", "entry": []},
+    {"object": "whatsapp_business_account"},
+    {"object": "whatsapp_business_account", "entry": {}},
+    {"object": "whatsapp_business_account", "entry": [1, None, "x", {}]},
+    {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {"changes": "junk"},
+            {"changes": [None, 5, {"field": None}, {"field": "messages"}]},
+            {
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "contacts": [None, {"wa_id": 1, "profile": "x"}],
+                            "messages": [1, None, {}, {"type": None, "from": 5}],
+                            "statuses": [None, {"status": 7}, "x"],
+                        },
+                    }
+                ]
+            },
+        ],
+    },
+    p.notification(
+        [p.text("15550001", "hi")], [p.status("wamid.x", "read", "15550001")]
+    ),
+]
+
+
+@pytest.mark.parametrize("body", _ODD_SHAPES)
+def test_the_webhooks_check_refuses_exactly_what_the_parser_refuses(body) -> None:
+    """The webhook answers 200 or 400 on whatsapp_notification_check alone
+    (the worker parses): whatever it lets through, parse_whatsapp takes."""
+    from webhooks.parsers import (
+        NotANotification,
+        parse_whatsapp,
+        whatsapp_notification_check,
+    )
+
+    try:
+        parse_whatsapp(body)
+    except NotANotification as exc:
+        with pytest.raises(NotANotification) as checked:
+            whatsapp_notification_check(body)
+        assert str(checked.value) == str(exc)
+    else:
+        whatsapp_notification_check(body)
