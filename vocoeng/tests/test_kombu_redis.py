@@ -251,14 +251,20 @@ def test_push_many_on_one_key_goes_under_the_key_prefix_on_the_channels_connecti
             [push_conn] = channel._push_conns
             pool = channel.client.connection_pool
             assert push_conn not in pool._available_connections
-            # The server drops the connection: that push fails, as the
-            # client's would; the next one connects again.
+            # The server drops the connection (a restart, an idle timeout):
+            # the next push connects again first, as the pool does.
             push_conn.send_command("CLIENT", "ID")
             plain.client_kill_filter(_id=push_conn.read_response())
-            with pytest.raises(redis.ConnectionError):
-                channel.push_many([("q", "lost")])
             channel.push_many([("q", "c")])
             assert listed() == ["c", "b", "a"]
+            # A push the server cannot take fails, as the client's would,
+            # and leaves the connection closed; the next one opens it.
+            monkeypatch.setattr(push_conn, "read_response", _refused)
+            with pytest.raises(redis.ConnectionError):
+                channel.push_many([("q", "x")])
+            monkeypatch.undo()
+            assert push_conn._sock is None
+            plain.lpop(key)  # the refused push's message, which did arrive
             monkeypatch.setattr("os.getpid", lambda: -1)  # as in a forked child
             channel.push_many([("q", "d")])
             assert channel._push_conns[0] is not push_conn
@@ -268,3 +274,9 @@ def test_push_many_on_one_key_goes_under_the_key_prefix_on_the_channels_connecti
             plain.close()
             channel.close()
         assert not channel.__dict__.get("_push_conns")
+
+
+def _refused(*_: object, **__: object) -> None:
+    import redis
+
+    raise redis.ConnectionError("connection reset by peer")
