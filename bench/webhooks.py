@@ -419,6 +419,10 @@ def main() -> int:
     received = stored.filter(status="received").count()
     with celery_app.connection_for_write() as conn:
         chains = conn.default_channel.queue_declare("ai").message_count
+        # No ai worker runs here: the chains would wait in the broker for
+        # ever, under this run's key prefix (~20 MB a run on Redis).
+        for queue in ("ai", "default", "analytics"):
+            conn.default_channel.queue_purge(queue)
 
     web, bare = results["webhook"], results["bare"]
     ratio = web["rps"] / bare["rps"]
