@@ -27,6 +27,21 @@ def database_url() -> str:
     return f"postgres://{auth}@{host}/{s['NAME']}"
 
 
+@pytest.fixture(autouse=True)
+def _webhook_outbox_settled():
+    """Let no test's webhook tasks land in another's broker queues.
+
+    The hand-off's outbox publishes from a thread of its own, after the
+    request: what a test left in it is published (or dropped, if the broker
+    still refuses) before the next test begins, and at the end of each test.
+    """
+    from webhooks import handoff
+
+    handoff.settle()
+    yield
+    handoff.settle()
+
+
 def purge_queues() -> None:
     """Drop messages left in the broker's queues by an earlier run."""
     from vocoeng.celery import app

@@ -13,8 +13,10 @@ config. Prints requests/s, p50/p99 and CPU per request (server process tree,
 generator) of each and the ratios (target webhook/django-noop >= 0.5: the
 issue's "bare view that only returns 200").
 
-The webhook answers once the delivery is recorded and its task queued (store
-and forward); the parsing, storing and the reply chains are a worker's. So,
+The webhook answers once the delivery is recorded (store and forward); its
+task goes out from the web process's outbox a few milliseconds later, and the
+webhook's load ends when the last of them is in the broker. The parsing,
+storing and the reply chains are a worker's. So,
 after the HTTP loads, a real Celery worker started from the Procfile's
 ``worker`` line (queues default,analytics: the chains' first task waits in
 ``ai``) drains the deliveries, and the script prints the drain rate and the
@@ -236,12 +238,35 @@ class Client:
 RECONNECT_EVERY = 10
 
 
-def load(port: int, requests: list[bytes], concurrency: int) -> dict:
+def settled(count: Callable[[], int], quiet: float = 0.1) -> float:
+    """Return when ``count()`` last changed: polled until it holds for ``quiet`` s.
+
+    The webhook answers once its delivery is committed; its task goes out
+    from the web process's outbox a few milliseconds later. The load counts
+    as done when the last of them is in the broker, not at the last answer.
+    """
+    last, changed = count(), time.perf_counter()
+    while time.perf_counter() - changed < quiet:
+        time.sleep(0.002)
+        if (now := count()) != last:
+            last, changed = now, time.perf_counter()
+    return changed
+
+
+def load(
+    port: int,
+    requests: list[bytes],
+    concurrency: int,
+    published: Callable[[], int] | None = None,
+) -> dict:
     """Send every request once from ``concurrency`` keep-alive clients.
 
     Requests are pre-built bytes on raw sockets: the generator shares the
     cores with the server, so it is kept as cheap as it can be in Python.
-    Each client reconnects every ``RECONNECT_EVERY`` requests.
+    Each client reconnects every ``RECONNECT_EVERY`` requests. With
+    ``published`` (how many task messages the broker holds), the load ends
+    when the last of the tasks the requests queued is in the broker
+    (:func:`settled`), if that is after the last answer.
     """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -278,10 +303,13 @@ def load(port: int, requests: list[bytes], concurrency: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
+    answered = time.perf_counter()
+    finished = max(answered, settled(published)) if published else answered
+    elapsed = finished - started
     latencies.sort()
     return {
         "rps": len(latencies) / elapsed,
+        "tail_ms": (finished - answered) * 1000,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "statuses": statuses,
@@ -346,6 +374,11 @@ def main() -> int:
     from django.utils import timezone
 
     run_started = timezone.now()  # this run's deliveries (the database is kept)
+
+    def queued_tasks() -> int:
+        with celery_app.connection_for_write() as conn:
+            return conn.default_channel.queue_declare("default").message_count
+
     load_before = os.getloadavg()
     results = {}
     splits: dict[str, str] = {}  # each run's CPU per gunicorn worker, in %
@@ -368,7 +401,12 @@ def main() -> int:
             split_before = workers_cpu(proc.pid)
             backend_cpu = services_cpu()
             sent_now = bodies[50:] if name == "webhook" else bodies
-            results[name] = load(port, sent_now, args.concurrency)
+            results[name] = load(
+                port,
+                sent_now,
+                args.concurrency,
+                published=queued_tasks if name == "webhook" else None,
+            )
             split = {
                 k: v - split_before.get(k, 0.0)
                 for k, v in workers_cpu(proc.pid).items()
@@ -464,6 +502,10 @@ def main() -> int:
     print(
         f"ratio django-noop/bare req/s: {results['django']['rps'] / bare['rps']:.2f}"
         f"  webhook/bare: {ratio:.2f}"
+    )
+    print(
+        f"webhook tasks in the broker {web['tail_ms']:.0f} ms after the last"
+        " answer (the outbox's last publish; counted in the webhook's req/s)"
     )
     http_seconds = (len(sent) - 50) / web["rps"]
     drain_rate = to_drain / drained["seconds"]

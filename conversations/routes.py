@@ -367,8 +367,8 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
                 f"({pg_bulk.quoted(*_MESSAGE_COLUMNS)}) "
                 f"SELECT {values} FROM (SELECT (r->>0)::uuid AS id, "
                 "(r->>1)::bigint AS conversation_id, r->>2 AS channel, "
-                "r->>3 AS content, r->>4 AS external_id, (r->5)::jsonb AS metadata "
-                "FROM json_array_elements(%s::json) AS r) AS u "
+                "r->>3 AS content, r->>4 AS external_id, r->5 AS metadata "
+                f"FROM {pg_bulk.ROWS}) AS u "
                 # the unique index message_unique_external_id
                 "ON CONFLICT (channel, external_id) WHERE external_id IS NOT NULL "
                 "DO NOTHING RETURNING id",
@@ -449,7 +449,7 @@ def _conversations_bump_pg(
         "message_count = c.message_count + v.n, last_message = v.body, "
         "last_activity = %s FROM (SELECT (r->>0)::bigint AS id, "
         "(r->>1)::integer AS n, r->>2 AS body "
-        "FROM json_array_elements(%s::json) AS r) AS v WHERE c.id = v.id",
+        f"FROM {pg_bulk.ROWS}) AS v WHERE c.id = v.id",
         [now, pg_bulk.json_rows((k, counts[k], last[k]) for k in ids)],
     )
 
@@ -463,7 +463,7 @@ def _stored_messages_pg(
     stored = pg_bulk.execute(
         f"SELECT id FROM {_table(Message)} "  # noqa: S608 - our names
         "WHERE external_id IS NOT NULL AND (channel, external_id) IN "
-        "(SELECT r->>0, r->>1 FROM json_array_elements(%s::json) AS r)",
+        f"(SELECT r->>0, r->>1 FROM {pg_bulk.ROWS})",
         [pg_bulk.json_rows({(e["channel"], e["external_id"]) for e in entries})],
     )
     if not stored:
@@ -523,7 +523,7 @@ def _conversation_ids_pg(
             "SELECT c.id, c.tenant_id, c.channel, c.external_user_id "  # noqa: S608
             f"FROM {_table(Conversation)} AS c JOIN (SELECT (r->>0)::bigint "
             "AS tenant_id, r->>1 AS channel, r->>2 AS user_id "
-            "FROM json_array_elements(%s::json) AS r) AS w "
+            f"FROM {pg_bulk.ROWS}) AS w "
             "ON c.tenant_id = w.tenant_id AND c.channel = w.channel "
             "AND c.external_user_id = w.user_id WHERE c.account_id IS NULL",
             [pg_bulk.json_rows(wanted)],

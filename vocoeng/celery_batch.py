@@ -9,7 +9,8 @@ builds each message with Celery's own protocol-2 functions
 (``app.amqp.create_task_message`` and ``send_task_message``), so a worker gets
 the same headers, body and chain (the remaining steps, frozen with their task
 ids, last step first) as from ``apply_async``. Anything else (groups, chords,
-links, countdowns, options other than ``queue``, eager mode, publishing
+links, countdowns, options other than ``queue``, ``argsrepr`` and
+``kwargsrepr``, eager mode, publishing
 from inside a task) goes through ``apply_async`` itself.
 
 Routing is resolved once per task name and batch: routers must route by task
@@ -40,7 +41,12 @@ from .celery import app
 from .celery_template import Template, json_text, template_channel
 
 # Signature options the fast path reproduces; any other option falls back.
-_PLAIN_OPTIONS = frozenset({"queue"})
+# ``argsrepr``/``kwargsrepr`` stand for the arguments' repr in the message,
+# as apply_async's options of those names do (what Flower and the worker's
+# log show; apply_async also passes them on as message properties): for a
+# long argument, saferepr was most of the message's CPU.
+_REPR_OPTIONS = ("argsrepr", "kwargsrepr")
+_PLAIN_OPTIONS = frozenset({"queue", *_REPR_OPTIONS})
 # Arguments whose repr() is what saferepr() gives (short, flat).
 _FLAT = (str, int, float, bool, type(None))
 _REPR_SHORT = 200
@@ -223,8 +229,13 @@ def _sender(
     rest: list[Signature],
     declare: Any,
     header_names: Sequence[str],
+    repr_options: Sequence[str] = (),
 ) -> Callable[..., None]:
-    """Return ``send(...)``: publish one message of ``plan`` as apply_async does."""
+    """Return ``send(...)``: publish one message of ``plan`` as apply_async does.
+
+    ``repr_options``: which of argsrepr and kwargsrepr the signature gave
+    (they also go out as message properties, as from apply_async).
+    """
     amqp, producer, reply_to = ctx.amqp, ctx.producer, ctx.reply_to
     task = plan.task
 
@@ -284,6 +295,9 @@ def _sender(
         if slots:
             message = message._replace(body=(args, kwargs, message.body[2]))
         options.pop("stamped_headers", None)
+        reprs = {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
+        for option in repr_options:
+            options[option] = reprs[option]
         with producer.connection._reraise_as_library_errors():
             amqp.send_task_message(
                 producer,
@@ -349,6 +363,8 @@ def publish_many(
         declare = None if plan.qname not in declared else []
         declared.add(plan.qname)
         names = tuple(headers)
+        given = first.get("options")
+        reprs = tuple(o for o in _REPR_OPTIONS if o in given)
         template = None
         if (
             channel is not None
@@ -361,6 +377,7 @@ def publish_many(
                 key,
                 tuple((s.get("task"), s.get("immutable")) for s in rest),
                 names,
+                reprs,
             )
             # The correlation hook writes the current id into a message
             # without one: such a template is this call's only.
@@ -372,15 +389,21 @@ def publish_many(
             if shape in store:
                 template = store[shape]
             else:
-                send = _sender(ctx, plan, key[0], rest, declare, names)
+                send = _sender(ctx, plan, key[0], rest, declare, names, reprs)
                 template = Template.build(send, channel, len(rest), len(names))
                 store[shape] = template
         if not plan.ignore_result:
             app.backend.on_task_call(producer, task_id)
-        argsrepr = _repr(args, args_max, ctx)
-        kwargsrepr = _repr(kwargs, kwargs_max, ctx)
+        argsrepr = (
+            given["argsrepr"] if "argsrepr" in reprs else _repr(args, args_max, ctx)
+        )
+        kwargsrepr = (
+            given["kwargsrepr"]
+            if "kwargsrepr" in reprs
+            else _repr(kwargs, kwargs_max, ctx)
+        )
         if template is None:
-            send = _sender(ctx, plan, key[0], rest, declare, names)
+            send = _sender(ctx, plan, key[0], rest, declare, names, reprs)
             send(
                 task_id, rest_ids, args, kwargs, argsrepr, kwargsrepr, headers.values()
             )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
+from vocoeng import correlation
 from vocoeng.queues import Queue
 
 from . import services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -42,6 +47,50 @@ def delivery_process(self, delivery_id: str) -> None:
         # For good: recorded as failed with the error, for a replay from the admin.
         services.delivery_fail_by_id(delivery_id=delivery_id, error=error)
         raise
+
+
+@shared_task(
+    name="webhooks.deliveries_process",
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    route=Queue.DEFAULT,
+)
+def deliveries_process(items: list[list[str | None]]) -> None:
+    """Process the recorded deliveries ``[[delivery id, correlation id], ...]``.
+
+    What the web process's outbox publishes: the deliveries committed
+    together. Each is processed as ``webhooks.delivery_process`` does it, in
+    a transaction of its own, under the correlation id of the request that
+    brought it. One that fails goes on alone, as a ``delivery_process`` task
+    (with its retries); should even that not reach the broker, the delivery
+    stays ``received`` and the sweep queues it. A redelivered message (the
+    worker died) processes again only those still ``received``.
+    """
+    for delivery_id, correlation_id in items:
+        token = correlation.activate(correlation_id)
+        try:
+            services.delivery_process_queued(delivery_id=delivery_id)
+        except services.ChainsNotEnqueued:
+            pass  # back to received, saying why: the sweep takes it again
+        except Exception as exc:
+            logger.warning(
+                "webhook_delivery_retry delivery=%s error=%s",
+                delivery_id,
+                f"{type(exc).__name__}: {exc}"[:200],
+            )
+            _alone(delivery_id, correlation_id)
+        finally:
+            correlation.deactivate(token)
+
+
+def _alone(delivery_id: str, correlation_id: str | None) -> None:
+    """Queue ``delivery_process`` for one delivery, retried from its first try."""
+    headers = correlation.headers_for(correlation_id) if correlation_id else {}
+    try:
+        delivery_process.apply_async((delivery_id,), countdown=2, headers=headers)
+    except Exception:  # the broker too: the sweep takes it
+        logger.exception("webhook_delivery_unqueued delivery=%s", delivery_id)
 
 
 @shared_task(

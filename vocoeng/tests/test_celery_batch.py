@@ -124,10 +124,11 @@ def test_templated_messages_on_redis_are_the_messages_apply_async_sends() -> Non
         lambda: app.signature(
             "elsewhere.task", args=(1.5, None), kwargs={"b": [1, {}]}, queue="default"
         ),
+        lambda: reply_generate.s("c").set(queue="default", argsrepr='("\u00e9",)'),
     ]
-    headers = [{"x_correlation_id": "c"}, {}, {"a": 1}]
+    headers = [{"x_correlation_id": "c"}, {}, {"a": 1}, {}]
     ref, ours = _batch_both(singles, headers, "default")
-    assert len(ours) == 3 and ours == ref
+    assert len(ours) == 4 and ours == ref
 
 
 @needs_redis
@@ -277,6 +278,19 @@ def test_long_arguments_get_celerys_truncated_argsrepr() -> None:
     ref, ours, _, _ = _both(lambda: reply_generate.si("x" * 5000))
     assert ours == ref
     assert len(ours["headers"]["argsrepr"]) < 5000
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"argsrepr": "(1 message)"}, {"argsrepr": "(hidden)", "kwargsrepr": "{...}"}],
+)
+def test_a_given_argsrepr_is_sent_as_apply_async_sends_it(options) -> None:
+    from conversations.tasks import reply_generate
+
+    ref, ours, _, _ = _both(lambda: reply_generate.si("pk-secret").set(**options))
+    assert ours == ref
+    assert ours["headers"]["argsrepr"] == options["argsrepr"]
+    assert ours["properties"]["argsrepr"] == options["argsrepr"]
 
 
 def test_other_canvases_go_through_apply_async() -> None:

@@ -28,6 +28,7 @@ def test_task_names_and_queues_are_stable() -> None:
         "pipeline.reap": Queue.DEFAULT,
         "pipeline.review": Queue.AI,
         "webhooks.claims_prune": Queue.DEFAULT,
+        "webhooks.deliveries_process": Queue.DEFAULT,
         "webhooks.deliveries_sweep": Queue.DEFAULT,
         "webhooks.delivery_process": Queue.DEFAULT,
     }

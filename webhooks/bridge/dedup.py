@@ -140,7 +140,7 @@ def _claim_pg(
     return pg_bulk.execute(
         f"INSERT INTO {table} ({columns}) "  # noqa: S608 - our names
         "SELECT r->>0, r->>1, r->>2, %s, %s, %s "
-        "FROM json_array_elements(%s::json) AS r "
+        f"FROM {pg_bulk.ROWS} "
         f"ON CONFLICT ({conflict}) DO NOTHING RETURNING id, {conflict}",
         [
             ProcessedMessage.State.PENDING.value,

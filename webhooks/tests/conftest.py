@@ -27,15 +27,21 @@ def post_whatsapp(client):
     def post(
         body, *, signature: str | None = None, sign: bool = True, process: bool = True
     ):
-        """``process=False``: leave the delivery's task queued (no worker step)."""
+        """``process=False``: leave the delivery's task queued (no worker step):
+        returns once the outbox has published it (a few ms after the answer)."""
+        from webhooks import handoff
+
         raw, sig = payloads.signed(body)
         headers = {}
         if sign:
             headers["HTTP_X_HUB_SIGNATURE_256"] = signature or sig
         send = client.post if process else client.post_only
-        return send(
+        response = send(
             "/webhooks/whatsapp/", data=raw, content_type="application/json", **headers
         )
+        if not process:
+            handoff.published()
+        return response
 
     return post
 
@@ -91,33 +97,36 @@ def queued():
 
 
 # The webhooks a worker finishes: the view records and enqueues, a
-# `webhooks.delivery_process` task on the default queue acts on the delivery.
+# `webhooks.deliveries_process` task on the default queue acts on the delivery.
 WORKER_PATHS = ("/webhooks/whatsapp/", "/webhooks/aisensy/")
 
 
 def deliveries_process() -> int:
-    """Run the queued ``webhooks.delivery_process`` tasks, as a worker does.
+    """Run the queued delivery tasks, as a worker does.
 
-    Each task message is taken off the real broker's ``default`` queue, run in
-    this process (on the test database) and acked; any other task is put back.
-    Returns how many ran.
+    The hand-off's outbox is flushed first. Each ``webhooks.delivery_process``
+    or ``webhooks.deliveries_process`` message is taken off the real broker's
+    ``default`` queue, run in this process (on the test database) and acked;
+    any other task is put back. Returns how many deliveries they named.
     """
     from vocoeng.celery import app
-    from webhooks.tasks import delivery_process
+    from webhooks import handoff
+    from webhooks.tasks import deliveries_process, delivery_process
 
+    assert handoff.published(), "the hand-off's outbox did not publish"
+    tasks = {t.name: t for t in (delivery_process, deliveries_process)}
     ran, others = 0, []
     with app.connection_for_write() as conn:
         channel = conn.default_channel
         while (message := channel.basic_get("default", no_ack=False)) is not None:
-            if message.headers.get("task") != delivery_process.name:
+            task = tasks.get(message.headers.get("task"))
+            if task is None:
                 others.append(message)
                 continue
             args, kwargs, _ = message.decode()
-            delivery_process.apply(
-                args=args, kwargs=kwargs, task_id=message.headers["id"]
-            )
+            task.apply(args=args, kwargs=kwargs, task_id=message.headers["id"])
             message.ack()
-            ran += 1
+            ran += len(args[0]) if task is deliveries_process else 1
         for message in others:
             message.reject(requeue=True)
     return ran

@@ -68,14 +68,25 @@ def test_aisensy_body_that_is_not_an_event_is_400(client) -> None:
 
 
 def test_admin_replay_reprocesses_a_failed_delivery_once(
-    client, post_whatsapp, queued, broker_down
+    client, post_whatsapp, queued, monkeypatch
 ) -> None:
-    # The broker refuses the delivery's task: recorded as failed, not acted on.
+    from webhooks import services
+    from webhooks.tasks import delivery_process
+
+    # Its task fails for good (every retry): recorded as failed, not acted on.
     body = p.notification([p.text("15559990000", "replay me")])
-    with broker_down():
-        assert post_whatsapp(body).status_code == 503
+    assert post_whatsapp(body, process=False).status_code == 200
     delivery = WebhookDelivery.objects.get()
+
+    def broken(**kwargs):
+        raise RuntimeError("parser bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "delivery_process_queued", broken)
+        assert delivery_process.apply(args=[str(delivery.pk)]).failed()
+    delivery.refresh_from_db()
     assert delivery.verdict == "failed"
+    assert "parser bug" in delivery.error
     assert not Message.objects.exists()
 
     admin = User.objects.create_superuser("admin", "a@example.com", "pw")

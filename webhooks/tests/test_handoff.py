@@ -1,4 +1,5 @@
-"""Deliveries that reach the hand-off together share one INSERT and one publish."""
+"""Deliveries that reach the hand-off together share one INSERT; their tasks go
+out from the outbox, many in one message."""
 
 from __future__ import annotations
 
@@ -67,15 +68,19 @@ def _together(deliveries, monkeypatch) -> tuple[list, list[int]]:
 
 
 def _tasks() -> dict[str, str]:
-    """Take the queued delivery tasks: delivery id -> correlation id."""
+    """Take the queued delivery tasks, once the outbox has published what it
+    holds: delivery id -> correlation id."""
     from vocoeng.celery import app
 
+    assert handoff.published()
     tasks = {}
     with app.connection_for_write() as conn:
         while (message := conn.default_channel.basic_get("default")) is not None:
-            assert message.headers["task"] == "webhooks.delivery_process"
-            args, _, _ = message.decode()
-            tasks[args[0]] = message.headers.get(correlation.HEADER)
+            assert message.headers["task"] == "webhooks.deliveries_process"
+            (items,), _, _ = message.decode()
+            for delivery_id, correlation_id in items:
+                assert delivery_id not in tasks  # each queued once
+                tasks[delivery_id] = correlation_id
             message.ack()
     return tasks
 
@@ -109,30 +114,52 @@ def test_a_row_the_database_refuses_fails_alone(monkeypatch, queued) -> None:
     assert set(_tasks()) == {str(d.pk) for d in deliveries}
 
 
-def test_a_broker_refusal_fails_every_delivery_of_the_batch(
+def test_with_the_broker_down_deliveries_are_answered_and_queued_once_it_is_back(
     monkeypatch, queued, broker_down
 ) -> None:
+    monkeypatch.setattr(handoff._outbox, "BACKOFF", (0.05, 0.2))
     deliveries = [_delivery() for _ in range(4)]
     with broker_down():
         errors, _ = _together(deliveries, monkeypatch)
-    assert all(isinstance(e, handoff.DeliveryFailed) for e in errors)
-    # Recorded, so the bodies can be replayed; answered 503, so Meta retries.
+        # Committed, so answered: the sender has nothing to retry.
+        assert errors == [None] * 4
+        wait_for(lambda: handoff._outbox.failures >= 2)  # it keeps trying
+        assert not handoff.published(timeout=0.1)
     rows = WebhookDelivery.objects.all()
-    assert len(rows) == 4
-    assert {r.verdict for r in rows} == {"failed"}
-    assert all("broker down" in r.error for r in rows)
-    assert _tasks() == {}  # with the broker back: nothing was queued meanwhile
+    assert {r.verdict for r in rows} == {"received"}
+    # The broker back: the outbox's next try queues each delivery once.
+    assert _tasks() == {str(d.pk): f"cid-{i}" for i, d in enumerate(deliveries)}
+    assert handoff._outbox.failures == 0
 
 
 def test_inside_a_transaction_a_delivery_goes_alone_in_it(queued) -> None:
     from django.db import transaction
 
     delivery = _delivery()
-    with transaction.atomic():
-        handoff.delivery_hand_off(delivery=delivery)
-        assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()
-        assert not handoff._handing.leading
-    assert set(_tasks()) == {str(delivery.pk)}
+    token = correlation.activate("cid-in-tx")
+    try:
+        with transaction.atomic():
+            handoff.delivery_hand_off(delivery=delivery)
+            assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()
+            assert not handoff._handing.leading
+            assert handoff._outbox.pending() == 0  # published in the call
+    finally:
+        correlation.deactivate(token)
+    assert _tasks() == {str(delivery.pk): "cid-in-tx"}
+
+
+def test_inside_a_transaction_a_broker_refusal_fails_the_delivery(
+    queued, broker_down
+) -> None:
+    from django.db import transaction
+
+    delivery = _delivery()
+    with broker_down(), transaction.atomic():
+        with pytest.raises(handoff.DeliveryFailed):
+            handoff.delivery_hand_off(delivery=delivery)
+    stored = WebhookDelivery.objects.get()
+    assert stored.verdict == "failed" and "broker down" in stored.error
+    assert _tasks() == {}
 
 
 def test_a_batch_stores_what_create_stores() -> None:
@@ -167,3 +194,32 @@ def test_a_batch_is_all_or_nothing() -> None:
     with pytest.raises(DatabaseError):
         handoff._insert([_delivery(), _delivery(twin), _delivery(twin)])
     assert not WebhookDelivery.objects.exists()
+
+
+def test_the_batch_task_processes_each_delivery_under_its_own_correlation_id(
+    monkeypatch, queued
+) -> None:
+    from vocoeng.celery import app
+    from webhooks import services, tasks
+
+    seen = []
+
+    def process(*, delivery_id):
+        seen.append((delivery_id, correlation.current()))
+        if delivery_id == "d-bad":
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(services, "delivery_process_queued", process)
+    items = [["d-1", "cid-1"], ["d-bad", "cid-bad"], ["d-3", None]]
+    tasks.deliveries_process.apply(args=[items])
+    # One failing does not stop the others.
+    assert seen == [("d-1", "cid-1"), ("d-bad", "cid-bad"), ("d-3", None)]
+    # It goes on alone, as the single-delivery task with its retries.
+    with app.connection_for_write() as conn:
+        message = conn.default_channel.basic_get("default")
+        assert conn.default_channel.basic_get("default") is None
+    assert message.headers["task"] == "webhooks.delivery_process"
+    assert message.decode()[0] == ["d-bad"]
+    assert message.headers[correlation.HEADER] == "cid-bad"
+    assert message.headers["eta"] is not None  # after a pause, not at once
+    message.ack()
