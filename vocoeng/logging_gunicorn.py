@@ -32,3 +32,16 @@ logconfig_dict = {
 access_log_format = (
     '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s" cid=%({x-request-id}o)s'
 )
+
+
+def post_worker_init(worker: object) -> None:
+    """Freeze what loading the app built, once a worker has loaded it.
+
+    gunicorn's workers load the app after the fork: Django, the apps and
+    their clients are then ~100,000 objects that live as long as the worker,
+    which every full collection of the cyclic garbage collector walked again
+    while holding the GIL (as in the Celery workers: vocoeng.celery.gc_freeze).
+    """
+    from vocoeng.celery import gc_freeze
+
+    gc_freeze()

@@ -17,6 +17,8 @@ from typing import Any
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 
 
 def connection_release() -> None:
@@ -83,6 +85,38 @@ def insert_params(instance: Model, fields: list[Any]) -> list[Any]:
     # through that proxy is a lookup in the thread's connections (~40 a row).
     conn = connections[DEFAULT_DB_ALIAS]
     return [f.get_db_prep_save(f.pre_save(instance, True), conn) for f in fields]
+
+
+@functools.cache
+def _defaults(model: type[Model]) -> tuple[tuple[str, Any], ...]:
+    return tuple((f.attname, f) for f in model._meta.concrete_fields)
+
+
+def instance_new(model: type[Model], **values: Any) -> Model:
+    """Return ``model(**values)``, unsaved, without Model.__init__'s cost.
+
+    ``values`` are field attnames (``conversation_id``, not ``conversation``);
+    every other field gets its default (``get_default()``, as __init__ gives
+    it). ~5 us instead of ~25 for a webhook delivery (a setattr per field, the
+    init signals, the keyword checks). With a receiver of the model's init
+    signals, or a name that is not a field's, it is ``model(**values)``.
+    """
+    fields = _defaults(model)
+    if (
+        pre_init.has_listeners(model)
+        or post_init.has_listeners(model)
+        or not values.keys() <= {name for name, _ in fields}
+    ):
+        return model(**values)
+    instance = model.__new__(model)
+    instance._state = ModelState()
+    instance.__dict__.update(
+        {
+            name: values[name] if name in values else f.get_default()
+            for name, f in fields
+        }
+    )
+    return instance
 
 
 def inserted(instance: Model) -> None:

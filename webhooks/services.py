@@ -15,13 +15,14 @@ after the row was written, a worker died for good) stays ``received``;
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.http.request import HttpHeaders
 from django.utils import timezone
 
 from conversations.models import Message
@@ -35,6 +36,7 @@ from vocoeng.channels import UnknownChannel, whatsapp_channels_resolve
 from vocoeng.models import Channel, Tenant
 from vocoeng.routing import PermanentMessageError, decode_json
 from vocoeng.services import tenant_get_default
+from vocoeng.sql import instance_new
 
 from .handoff import DeliveryFailed as DeliveryFailed  # raised by delivery_accept
 from .handoff import delivery_hand_off
@@ -64,6 +66,29 @@ KEPT_HEADERS = (
     "X-Request-Id",  # the correlation id (vocoeng.correlation middleware)
 )
 CHANNEL_HEADER = "X-VocoEng-Channel"
+
+
+def _meta_key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    return key if key in HttpHeaders.UNPREFIXED_HEADERS else f"HTTP_{key}"
+
+
+# (name, WSGI environ key) of each kept header that ``dict(request.headers)``
+# spells as KEPT_HEADERS does (it title-cases: "X-Vocoeng-Tenant").
+_KEPT_META = tuple(
+    (name, key)
+    for name in KEPT_HEADERS
+    if HttpHeaders.parse_header_name(key := _meta_key(name)) == name
+)
+
+
+def headers_kept(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Return the KEPT_HEADERS of a request's ``META``, as delivery_accept keeps
+    them from ``dict(request.headers)``, without building every header (that
+    cost a webhook ~25 us)."""
+    return {name: meta[key] for name, key in _KEPT_META if key in meta}
+
+
 DEFAULT_CHAT_ROUTE = "conversations.routes.chat_message"
 
 Processor = Callable[..., dict]
@@ -317,7 +342,8 @@ def delivery_accept(
     ``parse``: what raises NotANotification for a body that is not one (a
     parser, or only its checks: the worker parses).
     """
-    delivery = WebhookDelivery(
+    delivery = instance_new(
+        WebhookDelivery,
         source=source,
         headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
         body=body_text(body),

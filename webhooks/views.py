@@ -40,7 +40,9 @@ Accept = Callable[..., WebhookDelivery]
 def _accept(request: HttpRequest, *, source: str, accept: Accept) -> HttpResponse:
     """Record the delivery and enqueue it; 200 once it is safely queued."""
     try:
-        delivery = accept(body=request.body, headers=dict(request.headers))
+        delivery = accept(
+            body=request.body, headers=services.headers_kept(request.META)
+        )
     except services.DeliveryRejected as exc:
         return JsonResponse({"error": exc.reason}, status=400)
     except services.DeliveryFailed as exc:  # DB or broker down: the sender retries
@@ -144,7 +146,7 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
         return HttpResponse(
             "verification failed", status=403, content_type="text/plain"
         )
-    header = request.headers.get("X-Hub-Signature-256", "")
+    header = request.META.get("HTTP_X_HUB_SIGNATURE_256", "")
     if not header:
         return _unauthorized("whatsapp", "X-Hub-Signature-256 is missing", 401)
     try:

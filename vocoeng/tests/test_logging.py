@@ -416,3 +416,16 @@ def test_bridge_command_logs_json_with_its_role_and_message_ids(
         assert "correlation_id=from-publisher" in record["message"]
         assert record["correlation_id"] == "from-publisher"  # a field, for jq
     assert "bridge secret text" not in out
+
+
+def test_a_gunicorn_worker_keeps_the_loaded_app_out_of_the_gc() -> None:
+    import gc
+
+    from vocoeng import logging_gunicorn
+
+    gc.unfreeze()
+    try:
+        logging_gunicorn.post_worker_init(object())
+        assert gc.get_freeze_count() > 10_000  # Django, the apps, pytest
+    finally:
+        gc.unfreeze()
