@@ -289,3 +289,37 @@ def test_two_bridges_bumping_the_same_conversations_do_not_deadlock():
 
     assert transactions_at_once(bump, list(plans)) == []
     assert set(Conversation.objects.values_list("message_count", flat=True)) == {2}
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="HOT updates and their statistics are PostgreSQL's",
+)
+def test_a_conversation_bump_touches_no_index():
+    """Each message moves its conversation's count, last message and last
+    activity: an index on any of them would make every bump a new row
+    version in each of the table's indexes (not a HOT update)."""
+    tenant = tenant_get_default()
+    conversations = Conversation.objects.bulk_create(
+        Conversation(tenant=tenant, channel="api", external_user_id=f"hot-{n}")
+        for n in range(3)
+    )
+    ids = [c.pk for c in conversations]
+    table = Conversation._meta.db_table
+
+    def updated() -> tuple[int, int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_stat_get_xact_tuples_updated(%s::regclass),"
+                " pg_stat_get_xact_tuples_hot_updated(%s::regclass)",
+                [table, table],
+            )
+            return cursor.fetchone()
+
+    before = updated()
+    _conversations_bump_pg(
+        counts=dict.fromkeys(ids, 2), last=dict.fromkeys(ids, "hi"), now=timezone.now()
+    )
+    after = updated()
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 3)
+    assert set(Conversation.objects.values_list("message_count", flat=True)) == {2}
