@@ -30,6 +30,7 @@ from . import correlation
 _NOT_FIELDS = ("data", "color_message", "request", "server_time")
 
 _role: str | None = None
+_guessed = False  # the command line was read (once: it does not change)
 
 
 def _role_from_argv(argv: list[str]) -> str | None:
@@ -58,9 +59,14 @@ def role_default(role: str) -> None:
 
 
 def role_get() -> str | None:
-    """Return this process's role, guessed from argv when nobody named it."""
-    global _role
-    if _role is None:
+    """Return this process's role, guessed from argv when nobody named it.
+
+    Guessed once: a process with no role (a shell, a script) read the
+    environment and its command line again for every record (~10 us each).
+    """
+    global _role, _guessed
+    if _role is None and not _guessed:
+        _guessed = True
         _role = os.environ.get("VOCOENG_PROCESS_ROLE") or _role_from_argv(sys.argv)
     return _role
 

@@ -429,3 +429,21 @@ def test_a_gunicorn_worker_keeps_the_loaded_app_out_of_the_gc() -> None:
         assert gc.get_freeze_count() > 10_000  # Django, the apps, pytest
     finally:
         gc.unfreeze()
+
+
+def test_a_process_without_a_role_reads_its_command_line_once(monkeypatch) -> None:
+    from vocoeng import logging_setup
+
+    monkeypatch.setattr(logging_setup, "_role", None)
+    monkeypatch.setattr(logging_setup, "_guessed", False)
+    monkeypatch.delenv("VOCOENG_PROCESS_ROLE", raising=False)
+    reads = []
+    monkeypatch.setattr(
+        logging_setup, "_role_from_argv", lambda argv: reads.append(argv)
+    )
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    for _ in range(3):
+        assert ContextFilter().filter(record)
+    assert len(reads) == 1 and not hasattr(record, "role")
+    logging_setup.role_default("web")  # a role named later still counts
+    assert logging_setup.role_get() == "web"
