@@ -122,7 +122,9 @@ def instance_new(model: type[Model], **values: Any) -> Model:
 def inserted(instance: Model) -> None:
     """Mark ``instance`` as saved, as save() does."""
     instance._state.adding = False
-    instance._state.db = connection.alias
+    # django.db.connection is the default database's: its alias, without a
+    # lookup through the proxy (~5 us a row, a thread-local per attribute).
+    instance._state.db = DEFAULT_DB_ALIAS
 
 
 def row_insert(instance: Model) -> None:
