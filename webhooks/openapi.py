@@ -160,15 +160,17 @@ WHATSAPP = {
         "operationId": "webhooks_whatsapp_receive",
         "summary": "Take a Cloud API notification (signed)",
         "description": (
-            "Recorded and queued, then a worker sends its messages to the bus and "
-            "moves the sent messages by its statuses. A signed, well-formed "
-            "delivery is always 200."
+            "Recorded (committed) and answered; its task is queued right after "
+            "(with the broker down, once it is back), then a worker sends its "
+            "messages to the bus and moves the sent messages by its statuses. A "
+            "signed, well-formed delivery is always 200; 503 only when the "
+            "database refuses it."
         ),
         "tags": TAGS,
         "security": [{"whatsappSignature": []}],
         "requestBody": _json_body(WHATSAPP_NOTIFICATION),
         "responses": {
-            "200": json_response("Recorded and queued.", DELIVERY_ACCEPTED),
+            "200": json_response("Recorded; its task follows.", DELIVERY_ACCEPTED),
             **error_responses(400, 401, 403, 503),
         },
     },
@@ -182,7 +184,7 @@ AISENSY = {
         "security": [{"aisensySecret": []}],
         "requestBody": _json_body(AISENSY_EVENT),
         "responses": {
-            "200": json_response("Recorded and queued.", DELIVERY_ACCEPTED),
+            "200": json_response("Recorded; its task follows.", DELIVERY_ACCEPTED),
             **error_responses(400, 401, 403, 503),
         },
     },
