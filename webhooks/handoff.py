@@ -279,10 +279,7 @@ def _enqueue(items: Sequence[Item]) -> None:
 
 def settle(timeout: float = 5.0) -> None:
     """Publish what the outbox holds now, or drop it if it cannot (tests)."""
-    _outbox.retry_now()
-    if not _outbox.flush(timeout):
-        with _outbox.cond:
-            _outbox.items.clear()
+    _outbox.settle(timeout)
 
 
 def published(timeout: float = 10.0) -> bool:

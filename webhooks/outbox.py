@@ -60,8 +60,7 @@ class Outbox:
         self.linger = linger
         self.cond = threading.Condition()
         self.items: deque[Item] = deque()
-        self.busy = False  # a batch taken from ``items`` is being published
-        self._in_flight = 0  # how many items ``busy`` is publishing
+        self._in_flight = 0  # items taken from ``items``, being published
         self.failures = 0  # publishes refused in a row
         self.pid: int | None = None
         self._retry = threading.Event()  # ends the wait between two tries
@@ -80,10 +79,15 @@ class Outbox:
                 )
             self.cond.notify()
 
+    @property
+    def busy(self) -> bool:
+        """Say whether a batch taken from ``items`` is being published."""
+        return self._in_flight > 0
+
     def pending(self) -> int:
         """Return how many items wait for a publish (in flight included)."""
         with self.cond:
-            return len(self.items) + (self._in_flight if self.busy else 0)
+            return len(self.items) + self._in_flight
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued item is published; say whether they were."""
@@ -98,26 +102,28 @@ class Outbox:
                 self.cond.wait(left)
             return True
 
-    def retry_now(self) -> None:
-        """End the wait before the next try at once (the broker is back)."""
+    def settle(self, timeout: float) -> None:
+        """Try at once to publish what is held; drop what is still not
+        published after ``timeout`` (tests: nothing spills into the next)."""
         self._retry.set()
+        if not self.flush(timeout):
+            with self.cond:
+                self.items.clear()
 
     def close(self) -> None:
         """Publish what is left before the process exits (``atexit``)."""
-        if self.pid != os.getpid() or not (left := self.pending()):
+        if self.pid != os.getpid() or not self.pending():
             return
         if not self.flush(self.EXIT_SECONDS):
             logger.warning(
                 "webhook_outbox_unpublished deliveries=%d (left to the sweep)",
                 self.pending(),
             )
-        elif self.failures:
-            logger.warning("webhook_outbox_published_at_exit deliveries=%d", left)
 
     def _start(self) -> None:
         # Called with the lock held, in a new process or the first time.
         self.items.clear()  # a parent's items: the parent publishes them
-        self.busy, self.failures, self._in_flight = False, 0, 0
+        self.failures, self._in_flight = 0, 0
         self.pid = os.getpid()
         thread = threading.Thread(target=self._run, name="webhook-outbox", daemon=True)
         thread.start()
@@ -132,14 +138,16 @@ class Outbox:
                 time.sleep(self.linger)
             with self.cond:
                 n = min(len(self.items), self.max_batch)
+                if not n:  # dropped meanwhile (settle)
+                    continue
                 batch = [self.items.popleft() for _ in range(n)]
-                self.busy, self._in_flight = True, n
+                self._in_flight = n
             try:
                 self.publish(batch)
             except Exception as exc:  # broker down: kept, tried again
                 with self.cond:
                     self.items.extendleft(reversed(batch))
-                    self.busy = False
+                    self._in_flight = 0
                     self.failures += 1
                     failures = self.failures
                     self.cond.notify_all()
@@ -160,11 +168,11 @@ class Outbox:
                     logger.warning(
                         "webhook_outbox_recovered after=%d tries", self.failures
                     )
-                self.busy, self.failures = False, 0
+                self._in_flight, self.failures = 0, 0
                 self.cond.notify_all()
 
 
-def outbox(publish: Callable[[Sequence[Item]], object], **kwargs: int) -> Outbox:
+def outbox(publish: Callable[[Sequence[Item]], object], **kwargs: float) -> Outbox:
     """Return a new Outbox that publishes what it holds at the process's exit."""
     box = Outbox(publish, **kwargs)
     atexit.register(box.close)

@@ -2,13 +2,14 @@
 
 Store and forward: a view verifies the request and calls
 :func:`delivery_accept`, which does the checks that decide 200 or 400,
-records the raw delivery (committed) and enqueues one
-``webhooks.delivery_process`` task with its id; the answer goes back at once.
-The task (:func:`delivery_process_queued`) parses the delivery and acts on it
+records the raw delivery (committed) and answers at once; the web process's
+outbox (webhooks.outbox) then publishes a ``webhooks.deliveries_process``
+task naming it. The task (:func:`delivery_process_queued`, once per delivery)
+parses the delivery and acts on it
 in one transaction: inbound messages go to the bus (BUS=direct: stored here
 keyed by their id, the reply chains enqueued after commit), status reports
-move outbound messages. A delivery whose task was lost (the broker refused it
-after the row was written, a worker died for good) stays ``received``;
+move outbound messages. A delivery whose task was lost (the web process died
+before its outbox published it, a worker died for good) stays ``received``;
 :func:`deliveries_sweep` (a beat task) enqueues it again.
 """
 
@@ -333,11 +334,11 @@ def delivery_accept(
 
     A body that is not JSON, or not a notification ``parse`` understands, is
     recorded as rejected and DeliveryRejected is raised (400). Otherwise the
-    delivery is committed as received and one ``webhooks.delivery_process``
-    task is enqueued with its id. When the database or the broker refuses,
-    the delivery is recorded as failed if it can be and DeliveryFailed is
-    raised (503): the sender retries. The INSERT and the publish are shared
-    with the requests that reach them at the same time (webhooks.handoff).
+    delivery is committed as received (one INSERT shared with the requests
+    that reach it at the same time) and its task goes out from the outbox
+    right after (webhooks.handoff). When the database refuses (or, inside a
+    caller's transaction, the broker), the delivery is recorded as failed if
+    it can be and DeliveryFailed is raised (503): the sender retries.
     ``data``: the body already decoded by the view (None: decode it here).
     ``parse``: what raises NotANotification for a body that is not one (a
     parser, or only its checks: the worker parses).

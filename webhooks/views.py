@@ -38,14 +38,14 @@ Accept = Callable[..., WebhookDelivery]
 
 
 def _accept(request: HttpRequest, *, source: str, accept: Accept) -> HttpResponse:
-    """Record the delivery and enqueue it; 200 once it is safely queued."""
+    """Record the delivery; 200 once it is committed (its task follows)."""
     try:
         delivery = accept(
             body=request.body, headers=services.headers_kept(request.META)
         )
     except services.DeliveryRejected as exc:
         return JsonResponse({"error": exc.reason}, status=400)
-    except services.DeliveryFailed as exc:  # DB or broker down: the sender retries
+    except services.DeliveryFailed as exc:  # DB down: the sender retries
         logger.warning("webhook_failed source=%s delivery=%s", source, exc.delivery)
         return JsonResponse({"error": "temporarily unavailable, retry"}, status=503)
     return _accepted(delivery)
