@@ -8,10 +8,11 @@ tasks, :func:`publish_many` does that work once per task name and batch, and
 builds each message with Celery's own protocol-2 functions
 (``app.amqp.create_task_message`` and ``send_task_message``), so a worker gets
 the same headers, body and chain (the remaining steps, frozen with their task
-ids, last step first) as from ``apply_async``. Anything else (groups, chords,
-links, countdowns, options other than ``queue``, ``argsrepr`` and
-``kwargsrepr``, eager mode, publishing
-from inside a task) goes through ``apply_async`` itself.
+ids, last step first) as from ``apply_async``; from inside a task, with its
+root and parent ids and in its trail, as ``apply_async`` there. Anything else
+(groups, chords, links, countdowns, options other than ``queue``,
+``argsrepr`` and ``kwargsrepr``, eager mode, a task's priority handed down
+by ``task_inherit_parent_priority``) goes through ``apply_async`` itself.
 
 Routing is resolved once per task name and batch: routers must route by task
 (as ``vocoeng.queues.route_task`` does), not by arguments.
@@ -204,12 +205,19 @@ class PublishCache:
 class _Context:
     """What every message of one publish_many call shares."""
 
-    def __init__(self, producer: Any, sent_event: bool) -> None:
+    def __init__(self, producer: Any, sent_event: bool, parent: Any) -> None:
         self.producer = producer
         self.amqp = app.amqp
         self.reply_to = app.thread_oid
         self.origin = anon_nodename()  # what as_task_v2 computes per message
         self.sent_event = sent_event
+        # Sent from inside a task: its messages name the task as their parent
+        # and its root as theirs (what send_task does).
+        self.parent = parent
+        self.root_id = self.parent_id = None
+        if parent is not None:
+            self.root_id = parent.request.root_id or parent.request.id
+            self.parent_id = parent.request.id
 
     @functools.cached_property
     def repr_maxlevels(self) -> int:
@@ -247,6 +255,8 @@ def _sender(
         argsrepr: str,
         kwargsrepr: str,
         header_values: list[Any],
+        root_id: str | None,
+        parent_id: str | None,
     ) -> None:
         # The chain field lists the remaining steps last first (the worker
         # pops the next one), each frozen with its task id and reply_to.
@@ -281,8 +291,8 @@ def _sender(
             plan.time_limit,
             plan.soft_time_limit,
             ctx.sent_event,
-            None,  # root_id
-            None,  # parent_id
+            root_id,
+            parent_id,
             None if task is None else task.shadow_name(args, kwargs, plan.options),
             chain or None,
             origin=ctx.origin,
@@ -328,16 +338,21 @@ def publish_many(
     and templates kept from earlier calls on this producer (PublishCache).
     """
     conf = app.conf
-    if conf.task_always_eager or app.current_worker_task is not None:
+    parent = app.current_worker_task
+    if conf.task_always_eager or (
+        parent is not None and conf.task_inherit_parent_priority
+    ):
         return [_fallback(s, h, producer) for s, h in items]
     args_max, kwargs_max = app.amqp.argsrepr_maxsize, app.amqp.kwargsrepr_maxsize
     kept = (cache or PublishCache()).on(producer.channel)
-    ctx = _Context(producer, kept.sent_event)
+    ctx = _Context(producer, kept.sent_event, parent)
     channel = template_channel(producer, sent_event=ctx.sent_event)
     plans, declared = kept.plans, kept.declared
     kept_templates = kept.templates(ctx.reply_to)
     templates: dict[tuple, Template | None] = {}  # this call's only
     pushes: list[tuple[str, str]] = []
+    root_json = json_text(ctx.root_id) if ctx.root_id else None
+    parent_json = json_text(ctx.parent_id)
     steps_of = [_steps(signature) for signature, _ in items]
     ids = iter(uuids(sum(len(s) for s in steps_of if s)))
     task_ids: list[str] = []
@@ -405,7 +420,10 @@ def publish_many(
         if template is None:
             send = _sender(ctx, plan, key[0], rest, declare, names, reprs)
             send(
-                task_id, rest_ids, args, kwargs, argsrepr, kwargsrepr, headers.values()
+                *(task_id, rest_ids, args, kwargs, argsrepr, kwargsrepr),
+                headers.values(),
+                ctx.root_id,
+                ctx.parent_id,
             )
         else:
             values = [
@@ -416,11 +434,17 @@ def publish_many(
                 json_text(kwargsrepr),
                 "",  # the body, filled by payload()
                 "",  # the delivery tag, likewise
+                root_json or '"' + task_id + '"',  # as_task_v2: no root, its own
+                parent_json,
                 *['"' + i + '"' for i in rest_ids],
                 *[json_text(v) for v in headers.values()],
             ]
             tag = channel._next_delivery_tag()
             pushes.append((template.key, template.payload(values, tag)))
+        if parent is not None:  # send_task's add_to_parent (the first step's)
+            result = app.AsyncResult(task_id)
+            result.ignored = plan.ignore_result
+            parent.add_trail(result)
         # apply_async().id: a chain's is its last step's
         task_ids.append(rest_ids[-1] if rest_ids else task_id)
     if pushes:

@@ -63,7 +63,9 @@ def _hooks(signal: Any) -> list[Any]:
 _SLOT = "\x00vocoeng-slot-{}\x00"
 _SLOT_JSON = re.compile(r'"\\u0000vocoeng-slot-(\d+)\\u0000"')
 # slot numbers; the chain's task ids follow, then the caller's header values
-TASK_ID, ARGS, KWARGS, ARGSREPR, KWARGSREPR, BODY, TAG, REST = range(8)
+TASK_ID, ARGS, KWARGS, ARGSREPR, KWARGSREPR, BODY, TAG, ROOT_ID, PARENT_ID, REST = (
+    range(10)
+)
 
 Split = tuple[list[str], list[int]]
 
@@ -100,7 +102,8 @@ class Template:
     """The Redis payload of one message shape, with slots for what varies.
 
     Built by sending one message, whose varying values (task ids, arguments,
-    their reprs, the caller's header values) are slots, through the path the
+    their reprs, the caller's header values, the root and parent task ids of
+    a message sent from inside a task) are slots, through the path the
     other messages take (``create_task_message``, ``send_task_message``,
     kombu's producer and channel), captured before its LPUSH
     (``kombu_redis.Channel.capturing``). A message of that shape is then the
@@ -129,6 +132,8 @@ class Template:
                 slot(ARGSREPR),
                 slot(KWARGSREPR),
                 [slot(n) for n in header_slots],
+                slot(ROOT_ID),
+                slot(PARENT_ID),
             )
         if len(captured) != 1:
             return None
@@ -147,7 +152,11 @@ class Template:
         if body is None or envelope is None:
             return None
         once = {BODY, TAG}
-        wanted = {TASK_ID, ARGSREPR, KWARGSREPR, *once, *header_slots}
+        wanted = {
+            *(TASK_ID, ARGSREPR, KWARGSREPR, ROOT_ID, PARENT_ID),
+            *once,
+            *header_slots,
+        }
         if (
             sorted(body[1]) != [ARGS, KWARGS, *chain_slots]
             or set(envelope[1]) != wanted

@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 
 from vocoeng import correlation
+from vocoeng.channels import channels_remembered
 from vocoeng.queues import Queue
 
 from . import services
@@ -67,21 +68,22 @@ def deliveries_process(items: list[list[str | None]]) -> None:
     stays ``received`` and the sweep queues it. A redelivered message (the
     worker died) processes again only those still ``received``.
     """
-    for delivery_id, correlation_id in items:
-        token = correlation.activate(correlation_id)
-        try:
-            services.delivery_process_queued(delivery_id=delivery_id)
-        except services.ChainsNotEnqueued:
-            pass  # back to received, saying why: the sweep takes it again
-        except Exception as exc:
-            logger.warning(
-                "webhook_delivery_retry delivery=%s error=%s",
-                delivery_id,
-                f"{type(exc).__name__}: {exc}"[:200],
-            )
-            _alone(delivery_id, correlation_id)
-        finally:
-            correlation.deactivate(token)
+    with channels_remembered():  # each phone number's channel read once
+        for delivery_id, correlation_id in items:
+            token = correlation.activate(correlation_id)
+            try:
+                services.delivery_process_queued(delivery_id=delivery_id)
+            except services.ChainsNotEnqueued:
+                pass  # back to received, saying why: the sweep takes it again
+            except Exception as exc:
+                logger.warning(
+                    "webhook_delivery_retry delivery=%s error=%s",
+                    delivery_id,
+                    f"{type(exc).__name__}: {exc}"[:200],
+                )
+                _alone(delivery_id, correlation_id)
+            finally:
+                correlation.deactivate(token)
 
 
 def _alone(delivery_id: str, correlation_id: str | None) -> None:

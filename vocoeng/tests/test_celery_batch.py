@@ -131,6 +131,87 @@ def test_templated_messages_on_redis_are_the_messages_apply_async_sends() -> Non
     assert len(ours) == 4 and ours == ref
 
 
+class _InTask:
+    """Run the body as if inside a task the worker runs (``current_worker_task``)."""
+
+    def __init__(
+        self, task_id: str, root_id: str | None = None, priority: int | None = None
+    ) -> None:
+        from celery._state import _task_stack
+
+        from conversations.tasks import reply_publish
+
+        self.stack, self.task = _task_stack, reply_publish
+        self.request = {
+            "id": task_id,
+            "root_id": root_id,
+            "called_directly": False,
+            "delivery_info": {"priority": priority},
+        }
+
+    def __enter__(self) -> list[Any]:
+        self.task.push_request(**self.request, children=[])
+        self.stack.push(self.task)
+        assert app.current_worker_task is self.task
+        return self.task.request.children
+
+    def __exit__(self, *_: object) -> None:
+        self.stack.pop()
+        self.task.pop_request()
+
+
+@needs_redis
+def test_from_inside_a_task_the_messages_name_it_as_apply_async_does() -> None:
+    """Its root and parent ids, templated (kept across tasks) or not, and the
+    first step's result in the task's trail."""
+    from conversations.models import Message
+    from conversations.routes import reply_chain
+
+    chains = [lambda n=n: reply_chain(Message(pk=f"pk-{n}")) for n in range(3)]
+    headers = [{"x_correlation_id": f"c-{n}"} for n in range(3)]
+    cache = PublishCache()
+    for parent, root in (("task-1", None), ("task-2", "root-2"), ("task-3", None)):
+        with _InTask(parent, root):
+            ref, ours = _batch_both(chains, headers, "ai")
+        assert len(ours) == 3 and ours == ref
+        assert {(m["headers"]["root_id"], m["headers"]["parent_id"]) for m in ours} == {
+            (root or parent, parent)
+        }
+        trail: list[Any] = []
+
+        def fast(
+            conn: Any, parent: str = parent, root: str | None = root, trail=trail
+        ) -> None:
+            with _InTask(parent, root) as children, app.amqp.Producer(conn) as p:
+                publish_many(
+                    [(c(), h) for c, h in zip(chains, headers, strict=True)],
+                    producer=p,
+                    cache=cache,  # one template for the three tasks
+                )
+                trail.extend(children)
+
+        prefix = f"vocoeng-test-{uuid.uuid4().hex[:8]}-"
+        sent = _published(fast, "ai", _redis(prefix))
+        assert [m["headers"]["parent_id"] for m in sent] == [parent] * 3
+        assert [m["headers"]["root_id"] for m in sent] == [root or parent] * 3
+        # the trail holds each chain's first step (what apply_async adds)
+        assert sorted(r.id for r in trail) == sorted(m["headers"]["id"] for m in sent)
+    assert len(cache._templates) == 1
+
+
+def test_a_priority_handed_down_from_the_task_goes_through_apply_async() -> None:
+    app.conf.task_inherit_parent_priority = True
+    try:
+        with _InTask("task-1", priority=3):
+            # a single task: a chain's apply_async sends its first step on a
+            # producer of its own, not on the one given (celery's _chain.run)
+            ref, ours, _, _ = _both(lambda: _reply_chain().tasks[0].clone())
+    finally:
+        app.conf.task_inherit_parent_priority = False
+    assert ours == ref and ours["headers"]["parent_id"] == "task-1"
+    assert ours["properties"]["priority"] == 3
+
+
 @needs_redis
 def test_a_kept_cache_sends_what_apply_async_sends_from_each_thread_and_context() -> (
     None

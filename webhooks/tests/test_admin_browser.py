@@ -97,18 +97,20 @@ def test_replay_action_processes_failed_deliveries_and_reports_each(
 def test_replay_while_the_broker_is_down_shows_an_error_and_records_it(
     admin_browser, queued, monkeypatch
 ) -> None:
-    from celery.canvas import Signature
+    from vocoeng.celery import app
 
     delivery = failed_delivery(
         p.notification([p.text("15553334444", "broker still down")]),
         error="ConnectionError: broker down",
     )
 
-    def broker_down(self, *args, **kwargs):
+    def broker_down(*args, **kwargs):
         raise ConnectionError("broker down again")
 
-    # The broker cannot be stopped from here without stopping everyone's.
-    monkeypatch.setattr(Signature, "apply_async", broker_down)
+    # The broker cannot be stopped from here without stopping everyone's: no
+    # producer to publish with (apply_async's and publish_batch's callers
+    # borrow one from the app's pool).
+    monkeypatch.setattr(app, "producer_or_acquire", broker_down)
 
     def steps(page: Page) -> None:
         page.goto(CHANGELIST)

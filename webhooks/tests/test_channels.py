@@ -289,3 +289,73 @@ def test_database_down_during_the_channel_lookup_is_503(client, monkeypatch) -> 
     )
     assert response.status_code == 503
     assert not Message.objects.exists()
+
+
+def _channel_queries(queries) -> int:
+    from django.db import connection
+
+    table = connection.ops.quote_name(Channel._meta.db_table)
+    return sum(
+        1 for q in queries if q["sql"].startswith("SELECT") and table in q["sql"]
+    )
+
+
+def test_within_a_task_each_number_is_read_once(channels, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from vocoeng.channels import (
+        UnknownChannel,
+        channels_remembered,
+        whatsapp_channels_resolve,
+    )
+
+    a, b = channels
+    settings.WHATSAPP_PHONE_NUMBER_ID = p.PHONE_NUMBER_ID  # the default's own
+    with CaptureQueriesContext(connection) as queries, channels_remembered():
+        assert whatsapp_channels_resolve(phone_number_ids={NUMBER_A}) == {NUMBER_A: a}
+        assert whatsapp_channels_resolve(phone_number_ids={NUMBER_A, NUMBER_B}) == {
+            NUMBER_A: a,
+            NUMBER_B: b,
+        }
+        for _ in range(2):  # an unknown number stays unknown, read once
+            with pytest.raises(UnknownChannel, match="999999"):
+                whatsapp_channels_resolve(phone_number_ids={NUMBER_B, "999999"})
+        assert whatsapp_channels_resolve(phone_number_ids={p.PHONE_NUMBER_ID}) == {
+            p.PHONE_NUMBER_ID: None  # the environment's number
+        }
+    assert _channel_queries(queries) == 4  # A; B; 999999; the default's id
+    # Outside the block every call reads again: a number deactivated since.
+    Channel.objects.filter(pk=a.pk).update(is_active=False)
+    with pytest.raises(UnknownChannel, match=NUMBER_A):
+        whatsapp_channels_resolve(phone_number_ids={NUMBER_A})
+
+
+def test_the_batch_task_reads_each_number_once_and_routes_each_delivery(
+    client, channels, queued
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from vocoeng.celery import app
+    from webhooks import handoff, tasks
+
+    client.post = client.post_only  # recorded and queued, not yet processed
+    sent = [(NUMBER_A, "secret-a"), (NUMBER_B, "secret-b")] * 3
+    for n, (number, secret) in enumerate(sent):
+        response = _post(client, number, f"1555000000{n}", f"hi {n}", secret)
+        assert response.status_code == 200
+    assert handoff.published()
+    items = []  # what the outbox published, in one or more messages: one task
+    with app.connection_for_write() as conn:
+        while (message := conn.default_channel.basic_get("default")) is not None:
+            assert message.headers["task"] == "webhooks.deliveries_process"
+            items += message.decode()[0][0]
+            message.ack()
+    assert len(items) == 6
+    with CaptureQueriesContext(connection) as queries:
+        tasks.deliveries_process.apply(args=[items])
+    assert _channel_queries(queries) == 2  # one per number
+    routed = Conversation.objects.values_list("external_user_id", "account_id")
+    assert sorted(routed) == [(f"1555000000{n}", channels[n % 2].pk) for n in range(6)]
+    assert queued() == 6
