@@ -424,6 +424,18 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
     return [found[(e["channel"], e["external_id"])] for e in entries]
 
 
+def conversations_bump(
+    *, counts: dict[int, int], last: dict[int, str], now: Any
+) -> None:
+    """Add ``counts`` to each conversation's message_count and set its
+    last_message and last_activity, in one statement (rows locked in id
+    order on PostgreSQL); run inside a transaction."""
+    if pg_bulk.is_postgres():
+        _conversations_bump_pg(counts=counts, last=last, now=now)
+    else:
+        _conversations_bump(counts=counts, last=last, now=now)
+
+
 def _conversations_bump_pg(
     *, counts: dict[int, int], last: dict[int, str], now: Any
 ) -> None:

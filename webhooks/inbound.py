@@ -19,14 +19,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import router
-from django.db.models import F
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conversations.models import Conversation, Message
-from conversations.routes import inbound_validate, reply_chain
+from conversations.routes import conversations_bump, inbound_validate, reply_chain
 from conversations.serializers import SOURCES
 from conversations.services import message_rate_limited
 from vocoeng import correlation
@@ -70,6 +69,7 @@ class _Row:
     metadata: dict[str, Any]
     status: str
     id: uuid.UUID = field(default_factory=uuid.uuid4)
+    result: IngestResult = field(default_factory=IngestResult)  # its delivery's
 
 
 def _plain(value: Any, limit: int) -> bool:
@@ -117,7 +117,9 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
     return inbound_validate(data)
 
 
-def _row(item: InboundItem, *, source: str, received_at: str) -> _Row:
+def _row(
+    item: InboundItem, *, source: str, received_at: str, result: IngestResult
+) -> _Row:
     payload = item.payload(source=source, received_at=received_at)
     if not item.replyable:
         # Stored as is, without an AI call (what message_receive gets directly).
@@ -128,6 +130,7 @@ def _row(item: InboundItem, *, source: str, received_at: str) -> _Row:
             external_id=item.message_id,
             metadata=payload["metadata"],
             status=Message.Status.IGNORED,
+            result=result,
         )
     valid = _validated(payload)
     metadata = dict(valid.get("metadata") or {})
@@ -140,6 +143,7 @@ def _row(item: InboundItem, *, source: str, received_at: str) -> _Row:
         external_id=valid.get("message_id") or f"gen-{uuid.uuid4()}",
         metadata=metadata,
         status=Message.Status.RECEIVED,
+        result=result,
     )
 
 
@@ -215,9 +219,7 @@ def _insert(rows: list[_Row], *, source: str, conversations: dict) -> set[str]:
     return {uuid.UUID(str(r[0])).hex for r in returned}
 
 
-def _store(
-    rows: list[_Row], *, source: str, conversations: dict, result: IngestResult
-) -> None:
+def _store(rows: list[_Row], *, source: str, conversations: dict) -> None:
     inserted = _insert(rows, source=source, conversations=conversations)
     now = timezone.now()
     touched: dict[int, tuple[int, str]] = {}
@@ -230,23 +232,23 @@ def _store(
         count, _ = touched.get(conversation_id, (0, ""))
         touched[conversation_id] = (count + 1, row.text)
         if row.status == Message.Status.RECEIVED:
-            result.chains.append(str(row.id))
-            result.count("queued")
+            row.result.chains.append(str(row.id))
+            row.result.count("queued")
         else:
-            result.count(str(row.status))
-    # In id order: two deliveries naming the same users in other orders
-    # would otherwise lock the conversations crosswise (a deadlock).
-    for conversation_id, (count, last) in sorted(touched.items()):
-        Conversation.objects.filter(pk=conversation_id).update(
-            message_count=F("message_count") + count,
-            last_message=last,
-            last_activity=now,
+            row.result.count(str(row.status))
+    if touched:
+        # One statement, the rows locked in id order: two workers naming the
+        # same users in other orders would otherwise lock them crosswise.
+        conversations_bump(
+            counts={pk: count for pk, (count, _) in touched.items()},
+            last={pk: last for pk, (_, last) in touched.items()},
+            now=now,
         )
     if conflicts:
-        _conflicts(conflicts, source=source, result=result)
+        _conflicts(conflicts, source=source)
 
 
-def _conflicts(rows: list[_Row], *, source: str, result: IngestResult) -> None:
+def _conflicts(rows: list[_Row], *, source: str) -> None:
     """Count duplicates; enqueue again a stored message that lost its chain."""
     stored = {
         external_id: (pk, status, created_at)
@@ -265,10 +267,10 @@ def _conflicts(rows: list[_Row], *, source: str, result: IngestResult) -> None:
             and row.external_id not in requeued
         ):
             requeued.add(row.external_id)
-            result.chains.append(str(pk))
-            result.count("queued")
+            row.result.chains.append(str(pk))
+            row.result.count("queued")
         else:
-            result.count("duplicate")
+            row.result.count("duplicate")
 
 
 def messages_ingest(
@@ -285,31 +287,52 @@ def messages_ingest(
     ``rate_limited`` and ``invalid`` (with the reason in ``problems``).
     """
     result = IngestResult()
+    rows_store(
+        rows_of(items, source=source, received_at=received_at, result=result),
+        source=source,
+        account=account,
+    )
+    return result
+
+
+def rows_of(
+    items: list[InboundItem], *, source: str, received_at: str, result: IngestResult
+) -> list[_Row]:
+    """Return the rows of one delivery's messages (its outcomes go to
+    ``result``; an invalid message is counted there, with its reason)."""
     rows: list[_Row] = []
     for item in items:
         try:
-            rows.append(_row(item, source=source, received_at=received_at))
+            rows.append(
+                _row(item, source=source, received_at=received_at, result=result)
+            )
         except PermanentMessageError as exc:
             result.count("invalid")
             result.problems.append(f"{item.message_id}: {exc.reason}")
+    return rows
+
+
+def rows_store(rows: list[_Row], *, source: str, account: Channel | None) -> None:
+    """Store the rows of one or more deliveries (in order) once each, each
+    outcome counted in its row's result; run inside a transaction."""
     if not rows:
-        return result
+        return
     conversations = _conversations(
         source=source, users={r.user_id for r in rows}, account=account
     )
     limit = agent_for(account).rate_limit
     if rate_limit_parse(limit) is None:
-        _store(rows, source=source, conversations=conversations, result=result)
-        return result
+        _store(rows, source=source, conversations=conversations)
+        return
     # AI_USER_RATE_LIMIT counts stored messages: a sender's earlier messages
-    # of this delivery are stored before its next one is checked.
+    # are stored before its next one is checked.
     batch: list[_Row] = []
     for row in rows:
         if row.status != Message.Status.RECEIVED:
             batch.append(row)
             continue
         if any(r.user_id == row.user_id for r in batch):
-            _store(batch, source=source, conversations=conversations, result=result)
+            _store(batch, source=source, conversations=conversations)
             batch = []
         _, tenant_id = conversations[row.user_id]
         if message_rate_limited(
@@ -320,31 +343,41 @@ def messages_ingest(
         ):
             row.status = Message.Status.RATE_LIMITED
         batch.append(row)
-    _store(batch, source=source, conversations=conversations, result=result)
-    return result
+    _store(batch, source=source, conversations=conversations)
 
 
 _publish_caches = threading.local()
 
 
 def chains_enqueue(*, message_ids: list[str]) -> None:
-    """Enqueue one reply chain per inbound message (ids only), together.
-
-    The messages ``apply_async`` would send (vocoeng.celery_batch), on one
-    producer borrowed from the app's pool, with the current correlation id:
-    ~0.6 ms of a worker's CPU a chain through the canvas, measured in the
-    webhook's worker (bench/webhooks.py's drain), against a few dozen µs.
-    """
-    if not message_ids:
-        return
+    """Enqueue one reply chain per inbound message (ids only), together,
+    under the current correlation id (see :func:`chains_enqueue_many`)."""
     cid = correlation.current()
-    headers = correlation.headers_for(cid) if cid else {}
+    chains_enqueue_many(chains=[(pk, cid) for pk in message_ids])
+
+
+def chains_enqueue_many(*, chains: list[tuple[str, str | None]]) -> None:
+    """Enqueue a reply chain per ``(inbound message id, correlation id)``.
+
+    The messages ``apply_async`` would send (vocoeng.celery_batch), in one
+    batch on one producer borrowed from the app's pool: ~0.6 ms of a
+    worker's CPU a chain through the canvas, measured in the webhook's worker
+    (bench/webhooks.py's drain), against a few dozen µs.
+    """
+    if not chains:
+        return
     cache = getattr(_publish_caches, "cache", None)
     if cache is None:  # one call at a time uses a cache: one per thread
         cache = _publish_caches.cache = PublishCache()
     with app.producer_or_acquire() as producer:
         publish_batch(
-            [(reply_chain(Message(pk=pk)), headers) for pk in message_ids],
+            [
+                (
+                    reply_chain(Message(pk=pk)),
+                    correlation.headers_for(cid) if cid else {},
+                )
+                for pk, cid in chains
+            ],
             producer=producer,
             cache=cache,
         )

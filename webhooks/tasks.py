@@ -61,14 +61,27 @@ def deliveries_process(items: list[list[str | None]]) -> None:
     """Process the recorded deliveries ``[[delivery id, correlation id], ...]``.
 
     What the web process's outbox publishes: the deliveries committed
-    together. Each is processed as ``webhooks.delivery_process`` does it, in
-    a transaction of its own, under the correlation id of the request that
-    brought it. One that fails goes on alone, as a ``delivery_process`` task
-    (with its retries); should even that not reach the broker, the delivery
-    stays ``received`` and the sweep queues it. A redelivered message (the
-    worker died) processes again only those still ``received``.
+    together. They are processed together, in one transaction
+    (services.deliveries_process_many: the fast path of BUS=direct), each
+    with its own verdict and under the correlation id of the request that
+    brought it. Otherwise, or when that transaction fails, each is processed
+    as ``webhooks.delivery_process`` does it, in a transaction of its own;
+    one that fails then goes on alone, as a ``delivery_process`` task (with
+    its retries); should even that not reach the broker, the delivery stays
+    ``received`` and the sweep queues it. A redelivered message (the worker
+    died) processes again only those still ``received``.
     """
     with channels_remembered():  # each phone number's channel read once
+        if len(items) > 1:
+            try:
+                if services.deliveries_process_many(items=items):
+                    return
+            except Exception as exc:  # undone: each on its own, as below
+                logger.warning(
+                    "webhook_deliveries_one_by_one deliveries=%d error=%s",
+                    len(items),
+                    f"{type(exc).__name__}: {exc}"[:200],
+                )
         for delivery_id, correlation_id in items:
             token = correlation.activate(correlation_id)
             try:

@@ -132,6 +132,23 @@ def deliveries_process() -> int:
     return ran
 
 
+def deliveries_taken() -> list[list[str | None]]:
+    """Take the queued ``webhooks.deliveries_process`` messages off the broker
+    (the outbox published, without running them); return their items, the
+    ``[delivery id, correlation id]`` pairs, in one list (for one task)."""
+    from vocoeng.celery import app
+    from webhooks import handoff
+
+    assert handoff.published(), "the hand-off's outbox did not publish"
+    items: list[list[str | None]] = []
+    with app.connection_for_write() as conn:
+        while (message := conn.default_channel.basic_get("default")) is not None:
+            assert message.headers["task"] == "webhooks.deliveries_process"
+            items += message.decode()[0][0]
+            message.ack()
+    return items
+
+
 @pytest.fixture
 def client(client, request):
     """Django's test client; a WhatsApp/AiSensy POST is followed by its task.

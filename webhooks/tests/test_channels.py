@@ -337,21 +337,15 @@ def test_the_batch_task_reads_each_number_once_and_routes_each_delivery(
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from vocoeng.celery import app
-    from webhooks import handoff, tasks
+    from webhooks import tasks
+    from webhooks.tests.conftest import deliveries_taken
 
     client.post = client.post_only  # recorded and queued, not yet processed
     sent = [(NUMBER_A, "secret-a"), (NUMBER_B, "secret-b")] * 3
     for n, (number, secret) in enumerate(sent):
         response = _post(client, number, f"1555000000{n}", f"hi {n}", secret)
         assert response.status_code == 200
-    assert handoff.published()
-    items = []  # what the outbox published, in one or more messages: one task
-    with app.connection_for_write() as conn:
-        while (message := conn.default_channel.basic_get("default")) is not None:
-            assert message.headers["task"] == "webhooks.deliveries_process"
-            items += message.decode()[0][0]
-            message.ack()
+    items = deliveries_taken()  # what the outbox published: one task for all
     assert len(items) == 6
     with CaptureQueriesContext(connection) as queries:
         tasks.deliveries_process.apply(args=[items])
