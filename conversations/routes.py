@@ -299,7 +299,7 @@ _MESSAGE_COLUMNS = {
     "role": "%(role)s",
     "content": "u.content",
     "external_id": "u.external_id",
-    "status": "%(status)s",
+    "status": "u.status",
     "reply_to_id": "NULL",
     "provider": "''",
     "model": "''",
@@ -321,7 +321,6 @@ _MESSAGE_COLUMNS = {
 # What the constant columns of _MESSAGE_COLUMNS hold, as Python values.
 _MESSAGE_FIXED = {
     "role": Message.Role.USER.value,
-    "status": Message.Status.RECEIVED.value,
     "reply_to_id": None,
     "provider": "",
     "model": "",
@@ -355,44 +354,21 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
         convs = [
             conversations[(e["tenant"].pk, e["channel"], e["user_id"])] for e in fresh
         ]
-        values = ", ".join(_MESSAGE_COLUMNS.values()) % {
-            "role": "%s",
-            "status": "%s",
-            "now": "%s",
-        }
-        inserted = {
-            pk
-            for (pk,) in pg_bulk.execute(
-                f"INSERT INTO {_table(Message)} "  # noqa: S608 - our names
-                f"({pg_bulk.quoted(*_MESSAGE_COLUMNS)}) "
-                f"SELECT {values} FROM (SELECT (r->>0)::uuid AS id, "
-                "(r->>1)::bigint AS conversation_id, r->>2 AS channel, "
-                "r->>3 AS content, r->>4 AS external_id, r->5 AS metadata "
-                f"FROM {pg_bulk.ROWS}) AS u "
-                # the unique index message_unique_external_id
-                "ON CONFLICT (channel, external_id) WHERE external_id IS NOT NULL "
-                "DO NOTHING RETURNING id",
-                [
-                    Message.Role.USER.value,
+        inserted = messages_insert_pg(
+            [
+                (
+                    pk,
+                    conversation_id,
+                    e["channel"],
+                    e["text"],
+                    e["external_id"],
+                    e["metadata"],
                     Message.Status.RECEIVED.value,
-                    now,
-                    now,
-                    pg_bulk.json_rows(
-                        (
-                            str(pk),
-                            conversation_id,
-                            e["channel"],
-                            e["text"],
-                            e["external_id"],
-                            e["metadata"],
-                        )
-                        for e, pk, conversation_id in zip(
-                            fresh, ids, convs, strict=True
-                        )
-                    ),
-                ],
-            )
-        }
+                )
+                for e, pk, conversation_id in zip(fresh, ids, convs, strict=True)
+            ],
+            now=now,
+        )
         counts: dict[int, int] = {}
         last: dict[int, str] = {}
         as_stored = _stored_maker(connection.alias)
@@ -404,6 +380,7 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
             row = as_stored(
                 {
                     **_MESSAGE_FIXED,
+                    "status": Message.Status.RECEIVED.value,
                     "id": pk,
                     "conversation_id": conversation_id,
                     "channel": e["channel"],
@@ -434,6 +411,39 @@ def conversations_bump(
         _conversations_bump_pg(counts=counts, last=last, now=now)
     else:
         _conversations_bump(counts=counts, last=last, now=now)
+
+
+def messages_insert_pg(rows: list[tuple], *, now: Any) -> set[uuid.UUID]:
+    """Insert inbound (user) messages in one statement; return the ids inserted.
+
+    ``rows``: ``(id, conversation id, channel, content, external id,
+    metadata, status)``, the other columns their defaults (_MESSAGE_COLUMNS).
+    One fixed statement whatever the number of rows, read as jsonb
+    (``pg_bulk.ROWS``); ``ON CONFLICT DO NOTHING`` on the (channel,
+    external_id) unique index: a message stored before (or by a concurrent
+    insert) is not inserted, and its id is not returned.
+    """
+    values = ", ".join(_MESSAGE_COLUMNS.values()) % {"role": "%s", "now": "%s"}
+    return {
+        pk
+        for (pk,) in pg_bulk.execute(
+            f"INSERT INTO {_table(Message)} "  # noqa: S608 - our names
+            f"({pg_bulk.quoted(*_MESSAGE_COLUMNS)}) "
+            f"SELECT {values} FROM (SELECT (r->>0)::uuid AS id, "
+            "(r->>1)::bigint AS conversation_id, r->>2 AS channel, "
+            "r->>3 AS content, r->>4 AS external_id, r->5 AS metadata, "
+            f"r->>6 AS status FROM {pg_bulk.ROWS}) AS u "
+            # the unique index message_unique_external_id
+            "ON CONFLICT (channel, external_id) WHERE external_id IS NOT NULL "
+            "DO NOTHING RETURNING id",
+            [
+                Message.Role.USER.value,
+                now,
+                now,
+                pg_bulk.json_rows((str(pk), *rest) for pk, *rest in rows),
+            ],
+        )
+    }
 
 
 def _conversations_bump_pg(

@@ -25,10 +25,15 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conversations.models import Conversation, Message
-from conversations.routes import conversations_bump, inbound_validate, reply_chain
+from conversations.routes import (
+    conversations_bump,
+    inbound_validate,
+    messages_insert_pg,
+    reply_chain,
+)
 from conversations.serializers import SOURCES
 from conversations.services import message_rate_limited
-from vocoeng import correlation
+from vocoeng import correlation, pg_bulk
 from vocoeng.celery import app
 from vocoeng.celery_batch import PublishCache, publish_batch
 from vocoeng.channels import agent_for
@@ -191,6 +196,26 @@ def _insert(rows: list[_Row], *, source: str, conversations: dict) -> set[str]:
     """Insert ``rows`` once each; return the ids (hex) actually inserted."""
     if not rows:
         return set()
+    if pg_bulk.is_postgres():
+        # One fixed statement, the rows as one jsonb parameter: the ORM's
+        # INSERT had a parameter per column and row, prepared and converted
+        # anew for each batch size (~0.1 ms of a worker's CPU a message).
+        inserted = messages_insert_pg(
+            [
+                (
+                    row.id,
+                    conversations[row.user_id][0],
+                    source,
+                    row.text,
+                    row.external_id,
+                    row.metadata,
+                    row.status,
+                )
+                for row in rows
+            ],
+            now=timezone.now(),
+        )
+        return {pk.hex for pk in inserted}
     objs = [
         Message(
             id=row.id,

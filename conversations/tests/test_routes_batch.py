@@ -119,6 +119,7 @@ def _row_values() -> dict:
     now = timezone.now()
     return {
         **_MESSAGE_FIXED,
+        "status": Message.Status.RECEIVED.value,
         "id": uuid.uuid4(),
         "conversation_id": 7,
         "channel": "api",
