@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from vocoeng.fields import EncryptedTextField
+from vocoeng.ids import uuid7
 from vocoeng.models import Channel, Tenant
 
 
@@ -84,7 +83,8 @@ class Message(models.Model):
         READ = "read"
         LOGGED = "logged"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Time-ordered: new rows go to the right edge of the index (vocoeng.ids).
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     # No index of its own: the (conversation, created_at) index below serves
     # every lookup by conversation, and each index costs every message insert.
     conversation = models.ForeignKey(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable
 from decimal import Decimal
@@ -19,6 +18,7 @@ from rest_framework.exceptions import ValidationError
 from vocoeng import pg_bulk
 from vocoeng.api import errors_text
 from vocoeng.celery import app
+from vocoeng.ids import uuid7_many
 from vocoeng.models import Channel, Tenant
 from vocoeng.routing import PermanentMessageError
 from vocoeng.services import tenant_get_default
@@ -350,7 +350,7 @@ def _store_many_pg(entries: list[dict[str, Any]]) -> list[Message]:
     conversations = _conversation_ids_pg(list(unique.values()), found)
     fresh = [e for key, e in unique.items() if key not in found]
     if fresh:
-        ids = [uuid.UUID(bytes=b, version=4) for b in _random_blocks(len(fresh))]
+        ids = uuid7_many(len(fresh))  # time-ordered, one urandom call
         convs = [
             conversations[(e["tenant"].pk, e["channel"], e["user_id"])] for e in fresh
         ]
@@ -522,11 +522,6 @@ def _stored_maker(alias: str) -> Any:
         return message
 
     return make
-
-
-def _random_blocks(n: int) -> list[bytes]:
-    raw = os.urandom(16 * n)  # one system call for the batch
-    return [raw[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
 def _conversation_ids_pg(

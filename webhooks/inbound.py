@@ -37,6 +37,7 @@ from vocoeng import correlation, pg_bulk
 from vocoeng.celery import app
 from vocoeng.celery_batch import PublishCache, publish_batch
 from vocoeng.channels import agent_for
+from vocoeng.ids import uuid7
 from vocoeng.limits import rate_limit_parse
 from vocoeng.models import Channel, Tenant
 from vocoeng.routing import PermanentMessageError
@@ -73,7 +74,7 @@ class _Row:
     external_id: str
     metadata: dict[str, Any]
     status: str
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=uuid7)  # Message's own kind of id
     result: IngestResult = field(default_factory=IngestResult)  # its delivery's
 
 

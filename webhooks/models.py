@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.db import models
 from django.utils import timezone
 
 from conversations.models import Message
+from vocoeng.ids import uuid7
 
 
 class WebhookDelivery(models.Model):
@@ -27,7 +26,8 @@ class WebhookDelivery(models.Model):
         UNAUTHORIZED = "unauthorized"  # bad or missing signature / credentials
         FAILED = "failed"  # our side failed (DB, broker): answered 5xx, retried
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Time-ordered: new rows go to the right edge of the index (vocoeng.ids).
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     source = models.CharField(max_length=16, choices=Source.choices)
     # Set by the caller (not auto_now_add): the messages a delivery holds carry
     # the same received_at, written in the same transaction.
