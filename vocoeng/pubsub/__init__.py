@@ -8,6 +8,7 @@ transient (retry may pass) and permanent.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -171,9 +172,52 @@ class _PublishFuture:
 def publish_async(
     *, topic: str, data: bytes, attributes: dict[str, str]
 ) -> _PublishFuture:
-    """Queue one message on the batching publisher; ``.result()`` waits for it."""
-    future = publisher().publish(topic_path(topic), data, **attributes)
+    """Queue one message on the batching publisher; ``.result()`` waits for it.
+
+    The batch that carries it gives up when its caller does: its commit is
+    retried for PUBSUB_PUBLISH_TIMEOUT_SECONDS at most (:func:`_publish_retry`).
+    """
+    seconds = settings.PUBSUB_PUBLISH_TIMEOUT_SECONDS
+    future = publisher().publish(
+        topic_path(topic),
+        data,
+        retry=_publish_retry(seconds),
+        timeout=seconds,
+        **attributes,
+    )
     return _PublishFuture(topic, future)
+
+
+@functools.cache
+def _publish_retry(seconds: float) -> Any:
+    """Return the client's own retry policy for Publish, ``seconds`` long.
+
+    The client's default (google.pubsub_v1's publisher transport) retries a
+    batch's commit for up to 600 s in a thread of its own: a publish that
+    ``result()`` had already reported failed (after
+    PUBSUB_PUBLISH_TIMEOUT_SECONDS; the webhook answered 503, the sender
+    retries) went on being tried for minutes, and went out after all if
+    Pub/Sub came back meanwhile. Same backoff and retried errors; only the
+    deadline is ours.
+    """
+    from google.api_core import exceptions as gexc
+    from google.api_core import retry as retries
+
+    return retries.Retry(
+        initial=0.1,
+        maximum=60.0,
+        multiplier=4,
+        predicate=retries.if_exception_type(
+            gexc.Aborted,
+            gexc.Cancelled,
+            gexc.DeadlineExceeded,
+            gexc.InternalServerError,
+            gexc.ResourceExhausted,
+            gexc.ServiceUnavailable,
+            gexc.Unknown,
+        ),
+        timeout=seconds,
+    )
 
 
 def topic_check(topic: str, timeout: float = 3.0) -> None:

@@ -217,3 +217,25 @@ def test_setup_waits_for_an_emulator_that_starts_late(pubsub_settings, settings)
     assert out.count(": created") == len(pubsub.topics_wanted()) + len(
         pubsub.subscriptions_wanted()
     )
+
+
+def _committing() -> list[threading.Thread]:
+    """Return the client's batch-commit threads still running."""
+    return [t for t in threading.enumerate() if "CommitBatchPublisher" in t.name]
+
+
+def test_a_publish_reported_failed_is_not_tried_again_behind_our_back(
+    pubsub_outage, settings
+):
+    """The batch gives up when its caller does (PUBSUB_PUBLISH_TIMEOUT_SECONDS):
+    with the client's default, its commit went on being retried for minutes."""
+    before = set(_committing())
+    pubsub_outage.down(publish_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(pubsub.PubSubError, match="failed"):
+        pubsub.publish(topic=settings.PUBSUB_TOPIC_MESSAGES, data=b"{}", attributes={})
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 10
+    while set(_committing()) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(_committing()) - before
