@@ -213,7 +213,6 @@ class _Context:
         self.sent_event = sent_event
         # Sent from inside a task: its messages name the task as their parent
         # and its root as theirs (what send_task does).
-        self.parent = parent
         self.root_id = self.parent_id = None
         if parent is not None:
             self.root_id = parent.request.root_id or parent.request.id

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -78,6 +79,16 @@ def activate(correlation_id: str | None) -> Token:
 def deactivate(token: Token) -> None:
     """Restore the id that was current before :func:`activate`."""
     _current.reset(token)
+
+
+@contextmanager
+def active(correlation_id: str | None) -> Iterator[None]:
+    """Make ``correlation_id`` current within the block (activate, deactivate)."""
+    token = activate(correlation_id)
+    try:
+        yield
+    finally:
+        deactivate(token)
 
 
 def from_request(request: HttpRequest) -> str:

@@ -193,7 +193,9 @@ def _conversations(
     return found
 
 
-def _insert(rows: list[_Row], *, source: str, conversations: dict) -> set[str]:
+def _insert(
+    rows: list[_Row], *, source: str, conversations: dict, now: datetime
+) -> set[str]:
     """Insert ``rows`` once each; return the ids (hex) actually inserted."""
     if not rows:
         return set()
@@ -214,7 +216,7 @@ def _insert(rows: list[_Row], *, source: str, conversations: dict) -> set[str]:
                 )
                 for row in rows
             ],
-            now=timezone.now(),
+            now=now,
         )
         return {pk.hex for pk in inserted}
     objs = [
@@ -246,8 +248,8 @@ def _insert(rows: list[_Row], *, source: str, conversations: dict) -> set[str]:
 
 
 def _store(rows: list[_Row], *, source: str, conversations: dict) -> None:
-    inserted = _insert(rows, source=source, conversations=conversations)
     now = timezone.now()
+    inserted = _insert(rows, source=source, conversations=conversations, now=now)
     touched: dict[int, tuple[int, str]] = {}
     conflicts: list[_Row] = []
     for row in rows:

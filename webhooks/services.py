@@ -554,12 +554,8 @@ def delivery_process_queued(*, delivery_id: Any) -> dict | None:
     except Exception as exc:
         if not committed:
             raise
-        error = f"reply chains not enqueued: {type(exc).__name__}: {exc}"
         logger.exception("webhook_chains_failed delivery=%s", delivery_id)
-        WebhookDelivery.objects.filter(pk=delivery_id).update(
-            verdict=WebhookDelivery.Verdict.RECEIVED, error=error[:4000]
-        )
-        raise ChainsNotEnqueued(error) from exc
+        raise ChainsNotEnqueued(_chains_lost([delivery_id], exc)) from exc
 
 
 def deliveries_process_many(*, items: list[tuple[str, str | None]]) -> bool:
@@ -603,18 +599,16 @@ def deliveries_process_many(*, items: list[tuple[str, str | None]]) -> bool:
             delivery = locked.get(pk)
             if delivery is None:
                 continue  # processed already (a redelivered task)
-            token = correlation.activate(cid)
             try:
-                data = _decoded(delivery.body)
-                notification = _parsed(data, PARSERS[delivery.source])
-                channel_of = _recorded_channel_of(delivery, data)
+                with correlation.active(cid):
+                    data = _decoded(delivery.body)
+                    notification = _parsed(data, PARSERS[delivery.source])
+                    channel_of = _recorded_channel_of(delivery, data)
             except DeliveryRejected as exc:
                 delivery.verdict = WebhookDelivery.Verdict.REJECTED
                 delivery.error, delivery.summary = exc.reason, {}
                 done.append((delivery, cid, {}, []))
                 continue
-            finally:
-                correlation.deactivate(token)
             result = IngestResult()
             received_at = delivery.received_at.isoformat()
             for channel, its in _by_channel(notification.messages, channel_of):
@@ -631,16 +625,13 @@ def deliveries_process_many(*, items: list[tuple[str, str | None]]) -> bool:
         for (source, _), (channel, rows) in groups.items():
             rows_store(rows, source=source, account=channel)
         for delivery, cid, notification, result in acting:
-            token = correlation.activate(cid)
-            try:
+            with correlation.active(cid):
                 verdict, error, summary = _verdict(
                     notification,
                     source=delivery.source,
                     outcomes=result.outcomes,
                     problems=[*notification.problems, *result.problems],
                 )
-            finally:
-                correlation.deactivate(token)
             delivery.verdict, delivery.error, delivery.summary = verdict, error, summary
             done.append((delivery, cid, summary, result.chains))
         _finish_many([d for d, *_ in done])
@@ -648,11 +639,8 @@ def deliveries_process_many(*, items: list[tuple[str, str | None]]) -> bool:
             transaction.on_commit(partial(_chains_enqueue_or_return, due))
     for delivery, cid, summary, _ in done:
         if delivery.verdict != WebhookDelivery.Verdict.REJECTED:
-            token = correlation.activate(cid)
-            try:
+            with correlation.active(cid):
                 _log(delivery, summary)
-            finally:
-                correlation.deactivate(token)
     return True
 
 
@@ -695,11 +683,18 @@ def _chains_enqueue_or_return(
     try:
         chains_enqueue_many(chains=[(pk, cid) for _, cid, ids in due for pk in ids])
     except Exception as exc:
-        error = f"reply chains not enqueued: {type(exc).__name__}: {exc}"
         logger.exception("webhook_chains_failed deliveries=%d", len(due))
-        WebhookDelivery.objects.filter(pk__in=[d.pk for d, _, _ in due]).update(
-            verdict=WebhookDelivery.Verdict.RECEIVED, error=error[:4000]
-        )
+        _chains_lost([d.pk for d, _, _ in due], exc)
+
+
+def _chains_lost(delivery_ids: list[Any], exc: Exception) -> str:
+    """Put committed deliveries whose reply chains the broker refused back to
+    ``received``, saying why (the sweep takes them again); return the reason."""
+    error = f"reply chains not enqueued: {type(exc).__name__}: {exc}"
+    WebhookDelivery.objects.filter(pk__in=delivery_ids).update(
+        verdict=WebhookDelivery.Verdict.RECEIVED, error=error[:4000]
+    )
+    return error
 
 
 def delivery_defer_by_id(*, delivery_id: Any, error: str) -> None:

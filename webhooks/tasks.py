@@ -83,20 +83,18 @@ def deliveries_process(items: list[list[str | None]]) -> None:
                     f"{type(exc).__name__}: {exc}"[:200],
                 )
         for delivery_id, correlation_id in items:
-            token = correlation.activate(correlation_id)
-            try:
-                services.delivery_process_queued(delivery_id=delivery_id)
-            except services.ChainsNotEnqueued:
-                pass  # back to received, saying why: the sweep takes it again
-            except Exception as exc:
-                logger.warning(
-                    "webhook_delivery_retry delivery=%s error=%s",
-                    delivery_id,
-                    f"{type(exc).__name__}: {exc}"[:200],
-                )
-                _alone(delivery_id, correlation_id)
-            finally:
-                correlation.deactivate(token)
+            with correlation.active(correlation_id):
+                try:
+                    services.delivery_process_queued(delivery_id=delivery_id)
+                except services.ChainsNotEnqueued:
+                    pass  # back to received, saying why: the sweep takes it again
+                except Exception as exc:
+                    logger.warning(
+                        "webhook_delivery_retry delivery=%s error=%s",
+                        delivery_id,
+                        f"{type(exc).__name__}: {exc}"[:200],
+                    )
+                    _alone(delivery_id, correlation_id)
 
 
 def _alone(delivery_id: str, correlation_id: str | None) -> None:
