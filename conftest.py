@@ -40,6 +40,7 @@ def _webhook_outbox_settled():
     handoff.settle()
     yield
     handoff.settle()
+    handoff.close()  # its own connection: none left open on the test database
 
 
 def purge_queues() -> None:

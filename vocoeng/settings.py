@@ -105,7 +105,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # without a pool every web request and every task would open one. Threads
     # (gunicorn's gthread, the ai worker's 100 threads) borrow a connection for
     # as long as they use it, so max_size bounds the connections a process
-    # holds, well under the server's max_connections.
+    # holds, well under the server's max_connections. (A web process keeps
+    # one more, outside the pool, for the webhook hand-off's INSERTs.)
     DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
     # Prepared statements: values bound by the server (not spliced into the
     # SQL text by the client) and psycopg's default of preparing what a

@@ -99,6 +99,27 @@ def test_deliveries_arriving_together_are_recorded_and_queued_in_one_batch(
     assert _tasks() == {str(d.pk): f"cid-{i}" for i, d in enumerate(deliveries)}
 
 
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the hand-off's own connection"
+)
+def test_a_batch_takes_no_connection_from_djangos_pool(queued) -> None:
+    # On PostgreSQL the stage inserts on its own connection: the request
+    # thread that led the batch never checked one out of the pool (and has
+    # none to give back at the end of its request).
+    delivery, opened = _delivery(), []
+
+    def hand_off() -> None:
+        handoff.delivery_hand_off(delivery=delivery)
+        opened.append(connection.connection is not None)
+
+    thread = threading.Thread(target=hand_off)
+    thread.start()
+    thread.join(30)
+    assert opened == [False]
+    assert WebhookDelivery.objects.get().pk == delivery.pk
+    assert set(_tasks()) == {str(delivery.pk)}
+
+
 def test_a_row_the_database_refuses_fails_alone(monkeypatch, queued) -> None:
     twin = uuid.uuid4()
     deliveries = [_delivery(), _delivery(), _delivery(twin), _delivery(twin)]
