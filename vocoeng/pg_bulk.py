@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from django.db import connection
-from django.db.utils import DatabaseErrorWrapper
+from django.db.utils import DatabaseErrorWrapper, InterfaceError, OperationalError
 
 
 def is_postgres() -> bool:
@@ -62,7 +62,8 @@ class OwnConnection:
     Made from the default database's settings as Django makes its own (the
     same parameters, adapters, time zone and role), on first use; errors come
     out as ``django.db`` errors. After one that may have broken it (anything
-    but a refused row) it is closed, and the next call connects again. A
+    but a refused row) it is closed, and the next call connects again; a
+    statement that finds the kept connection lost runs again on a new one. A
     forked child never touches (nor finalizes, which would end the parent's
     session) the connection it inherited: it opens its own.
     """
@@ -74,20 +75,38 @@ class OwnConnection:
         self._pid = 0
         self._name: str | None = None  # the database it is connected to
         self.errors_occurred = False  # set by DatabaseErrorWrapper
+        self._lost = False  # the last call found the connection lost
 
     def execute(
         self, sql: str, params: Sequence[Any], *, prepare: bool | None = None
     ) -> None:
-        """Run ``sql`` (autocommit: committed when it returns)."""
+        """Run ``sql`` (autocommit: committed when it returns).
+
+        When the connection kept from an earlier call turns out lost (the
+        server restarted, or ended it after ``idle_session_timeout``), the
+        statement runs once more on a new one. Only the statements of the
+        hand-off come here: INSERTs of rows with their own ids, which a
+        second run cannot store twice.
+        """
+        kept = self._conn is not None and self._pid == os.getpid()
+        try:
+            self._execute(sql, params, prepare)
+        except (OperationalError, InterfaceError):
+            if not (kept and self._lost):
+                raise
+            self._execute(sql, params, prepare)
+
+    def _execute(self, sql: str, params: Sequence[Any], prepare: bool | None) -> None:
         import psycopg
 
         conn = self._connection()
-        self.errors_occurred = False
+        self.errors_occurred, self._lost = False, False
         try:
             with DatabaseErrorWrapper(self), psycopg.Cursor(conn) as cur:
                 cur.execute(sql, params, prepare=prepare)
         finally:
             if self.errors_occurred or conn.closed:
+                self._lost = conn.broken
                 self.close()
 
     def close(self) -> None:

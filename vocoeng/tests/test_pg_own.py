@@ -51,19 +51,38 @@ def test_errors_are_djangos_and_a_refused_row_keeps_the_connection(own) -> None:
         own.execute("INSERT INTO no_such_table VALUES (1)", [])
 
 
-def test_a_connection_the_server_ended_is_replaced_by_the_next_call(own) -> None:
+def test_a_statement_that_finds_its_connection_ended_runs_on_a_new_one(own) -> None:
+    # The server restarted, or ended the idle session: the next statement is
+    # not refused for it (a webhook would have been answered 503).
     own.execute(INSERT, ["own-before", "Own"])
     backend = _backend(own)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
-    with pytest.raises(DatabaseError):  # this call finds it dead ...
-        own.execute(INSERT, ["own-lost", "Own"])
-    own.execute(INSERT, ["own-after", "Own"])  # ... the next one reconnects
+    own.execute(INSERT, ["own-after", "Own"])
     assert _backend(own) != backend
     assert set(Tenant.objects.values_list("slug", flat=True)) >= {
         "own-before",
         "own-after",
     }
+
+
+def test_a_statement_that_fails_on_a_new_connection_is_not_run_again(
+    own, monkeypatch
+) -> None:
+    # Only a kept connection found lost earns a second run: a first one that
+    # fails (the server unreachable) raises at once.
+    from django.db import connection as django_connection
+
+    params, attempts = django_connection.get_connection_params(), []
+
+    def unreachable() -> dict:
+        attempts.append(1)
+        return {**params, "port": 1, "host": "127.0.0.1", "connect_timeout": 2}
+
+    monkeypatch.setattr(django_connection, "get_connection_params", unreachable)
+    with pytest.raises(DatabaseError):
+        own.execute(INSERT, ["own-unreachable", "Own"])
+    assert own._conn is None and len(attempts) == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
