@@ -475,7 +475,6 @@ def main() -> int:
     median = sorted(range(rounds), key=ratios.__getitem__)[(rounds - 1) // 2]
     web, noop = webs[median], bracketing(median)
     results = {"django": noop, "webhook": web, "bare": bare}
-    targets = [("django", None), ("webhook", None), ("bare", None)]
     splits = {
         "django": noop["pair"][0]["split"],
         "webhook": web["split"],
@@ -506,7 +505,6 @@ def main() -> int:
         for queue in ("ai", "default", "analytics"):
             conn.default_channel.queue_purge(queue)
 
-    web, bare = results["webhook"], results["bare"]
     ratio = web["rps"] / bare["rps"]
     print(
         f"\nbench/webhooks  requests={args.requests} concurrency={args.concurrency}"
@@ -526,8 +524,7 @@ def main() -> int:
         f"{'server CPU ms/req':>19}{'client CPU ms/req':>19}"
         f"{'pg+redis CPU ms/req':>21}  statuses"
     )
-    for name, _ in targets:
-        r = results[name]
+    for name, r in results.items():
         print(
             f"{name:<10}{r['rps']:>8.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
             f"{r['server_cpu_ms']:>19.2f}{r['client_cpu_ms']:>19.2f}"

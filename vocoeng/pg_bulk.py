@@ -97,12 +97,10 @@ class OwnConnection:
             self._execute(sql, params, prepare)
 
     def _execute(self, sql: str, params: Sequence[Any], prepare: bool | None) -> None:
-        import psycopg
-
         conn = self._connection()
         self.errors_occurred, self._lost = False, False
         try:
-            with DatabaseErrorWrapper(self), psycopg.Cursor(conn) as cur:
+            with DatabaseErrorWrapper(self), self.Database.Cursor(conn) as cur:
                 cur.execute(sql, params, prepare=prepare)
         finally:
             if self.errors_occurred or conn.closed:
