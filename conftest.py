@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -11,6 +12,16 @@ from collections.abc import Iterator
 import pytest
 
 from vocoeng.testing.process import ChildProcess
+
+if "PUBSUB_BRIDGE_DEDUP" not in os.environ:
+    # The bus's dedup claims in the database (rows the tests can read), in
+    # this process and the bridges and workers it starts, whatever the broker:
+    # on a Redis broker they would default to Redis. The tests of the Redis
+    # claims choose them themselves (webhooks/tests/test_claims_redis.py).
+    os.environ["PUBSUB_BRIDGE_DEDUP"] = "database"
+    from django.conf import settings as _settings
+
+    _settings.PUBSUB_BRIDGE_DEDUP = "database"
 
 
 def database_url() -> str:

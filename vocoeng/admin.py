@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.db import models
 
+from .claims_redis import redis_store
 from .models import (
     ApiKey,
     BusMessage,
@@ -277,3 +278,14 @@ class ProcessedMessageAdmin(admin.ModelAdmin):
     list_display = ("created_at", "kind", "key", "message_id", "state")
     list_filter = ("kind", "state")
     search_fields = ("key", "message_id")
+
+    def changelist_view(self, request, extra_context=None):
+        if (store := redis_store()) is not None:
+            self.message_user(
+                request,
+                "The bus's dedup claims are kept in Redis now "
+                f"(PUBSUB_BRIDGE_DEDUP=redis, keys {store.prefix}<kind>:<key>); "
+                "this table lists only claims kept in the database before.",
+                level=messages.INFO,
+            )
+        return super().changelist_view(request, extra_context)

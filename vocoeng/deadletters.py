@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .claims_redis import redis_store
 from .correlation import headers_for
 from .models import DeadLetter, ProcessedMessage
 from .routing import PermanentMessageError, decode_json, route_message
@@ -85,9 +86,12 @@ def dead_letter_replay(*, letter: DeadLetter) -> bool:
     if signature is not None:
         signature.apply_async(headers=headers_for(f"replay-{letter.pk}"))
     key = attributes.get("idempotency_key") or letter.message_id
-    ProcessedMessage.objects.filter(kind=kind, key=key).update(
-        state=ProcessedMessage.State.DONE
-    )
+    if (store := redis_store()) is not None:
+        store.finish_many([(kind, key)], dead=False)
+    else:
+        ProcessedMessage.objects.filter(kind=kind, key=key).update(
+            state=ProcessedMessage.State.DONE
+        )
     DeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
     logger.info(
         "dead_letter_replayed id=%s kind=%s enqueued=%s",

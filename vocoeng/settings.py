@@ -381,6 +381,33 @@ PUBSUB_BRIDGE_CLAIM_SECONDS = env.int("PUBSUB_BRIDGE_CLAIM_SECONDS", default=120
 PUBSUB_CLAIM_KEEP_DAYS = env.float("PUBSUB_CLAIM_KEEP_DAYS", default=8.0)
 if PUBSUB_CLAIM_KEEP_DAYS <= 0:
     raise ValueError("PUBSUB_CLAIM_KEEP_DAYS must be above 0")
+# Where the bridge and the push endpoint keep those claims: "database" (the
+# ProcessedMessage table, listed in the admin), "redis" (keys that expire by
+# themselves, vocoeng/claims_redis.py), or "auto": Redis when the broker is
+# Redis (the claims then share the fate of the chains they guard), else the
+# database.
+_broker_is_redis = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+PUBSUB_BRIDGE_DEDUP = env.str("PUBSUB_BRIDGE_DEDUP", default="auto")
+if PUBSUB_BRIDGE_DEDUP == "auto":
+    PUBSUB_BRIDGE_DEDUP = "redis" if _broker_is_redis else "database"
+if PUBSUB_BRIDGE_DEDUP not in ("database", "redis"):
+    raise ValueError(
+        "PUBSUB_BRIDGE_DEDUP must be auto, database or redis, "
+        f"not {PUBSUB_BRIDGE_DEDUP!r}"
+    )
+PUBSUB_BRIDGE_DEDUP_REDIS_URL = env.str(
+    "PUBSUB_BRIDGE_DEDUP_REDIS_URL",
+    default=CELERY_BROKER_URL if _broker_is_redis else "",
+)
+if PUBSUB_BRIDGE_DEDUP == "redis" and not PUBSUB_BRIDGE_DEDUP_REDIS_URL:
+    raise ValueError(
+        "PUBSUB_BRIDGE_DEDUP=redis needs PUBSUB_BRIDGE_DEDUP_REDIS_URL "
+        "(or CELERY_BROKER_URL on Redis)"
+    )
+PUBSUB_BRIDGE_DEDUP_KEY_PREFIX = env.str(
+    "PUBSUB_BRIDGE_DEDUP_KEY_PREFIX",
+    default=env.str("CELERY_REDIS_KEY_PREFIX", default=""),
+)
 # kind → dotted path of the function that validates a message and builds its
 # Celery signature. Resolved lazily so the bus, the push endpoint and the bridge
 # share it without importing the apps.

@@ -326,7 +326,11 @@ class Store:
         self._lock = threading.Lock()
         self.topics: dict[str, TopicState] = {}
         self.subscriptions: dict[str, SubscriptionState] = {}
-        self._message_ids = itertools.count(1)
+        # Message ids are unique across restarts, as Pub/Sub's are: numbers
+        # from the start time in µs. Counted from 1, a restarted emulator gave
+        # new messages the ids of old ones, which the bridge's durable dedup
+        # claims (kept 8 days) then acked as duplicates, unhandled.
+        self._message_ids = itertools.count(time.time_ns() // 1000)
 
     # -- topics -----------------------------------------------------------
 

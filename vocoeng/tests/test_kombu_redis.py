@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 
@@ -11,23 +10,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.utils.encoding import bytes_to_str
 
 from vocoeng.kombu_redis import Transport
-
-URL = "redis://127.0.0.1:6379/15"
-
-
-def _redis_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), 0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-# Redis runs on the CI machine (and on every machine of this kind); without
-# it the transport under test has no server to talk to.
-needs_redis = pytest.mark.skipif(
-    not _redis_up(), reason="needs a Redis server on 127.0.0.1:6379"
-)
+from vocoeng.testing.redis import URL, needs_redis
 
 
 def test_the_channel_reuses_one_sync_client() -> None:

@@ -429,3 +429,20 @@ def test_runs_as_a_module(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_message_ids_are_unique_across_restarts(env: Env) -> None:
+    """A restarted emulator never reuses an id: durable dedup claims outlive it."""
+    topic = env.topic()
+    first = [env.publish(topic, b"x") for _ in range(3)]
+    with PubSubEmulator() as restarted:
+        restarted.store.create_topic(
+            pubsub_types.Topic.pb(pubsub_types.Topic(name=topic))
+        )
+        again = restarted.store.publish(
+            topic,
+            [pubsub_types.PubsubMessage.pb(pubsub_types.PubsubMessage(data=b"y"))],
+        )
+    assert len(set(first)) == 3
+    assert all(i.isdigit() for i in [*first, *again])  # decimal, as Pub/Sub's
+    assert int(again[0]) > int(first[-1])

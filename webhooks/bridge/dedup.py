@@ -8,6 +8,10 @@ if the chain had in fact reached the broker it is enqueued a second time. That
 is harmless because every chain is idempotent itself (the routes store inbound
 rows keyed on their ids and the tasks claim their work), and it is far rarer
 than the redeliveries the claim absorbs.
+
+With PUBSUB_BRIDGE_DEDUP=redis (the default when the broker is Redis) the
+claims are Redis keys instead of rows (vocoeng.claims_redis), with the same
+decisions; each function here hands its work to that store then.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from vocoeng import pg_bulk
+from vocoeng.claims_redis import redis_store
 from vocoeng.models import ProcessedMessage
 
 
@@ -34,6 +39,8 @@ class Claim(StrEnum):
 
 def dedup_claim(*, kind: str, key: str, message_id: str) -> Claim:
     """Claim ``key`` of ``kind`` for this delivery."""
+    if (store := redis_store()) is not None:
+        return _CLAIM_OF[store.claim_many([(kind, key)])[0]]
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -62,6 +69,15 @@ def dedup_claim(*, kind: str, key: str, message_id: str) -> Claim:
     return Claim.BUSY
 
 
+# What the Redis store's states mean here.
+_CLAIM_OF = {
+    "claimed": Claim.CLAIMED,
+    "done": Claim.DONE,
+    "dead": Claim.DONE,
+    "pending": Claim.BUSY,
+}
+
+
 # Rows per INSERT statement (6 parameters each; SQLite allows 32766).
 _CHUNK = 1000
 
@@ -83,10 +99,15 @@ def dedup_claim_many(*, items: Sequence[tuple[str, str, str]]) -> Claims:
     :func:`dedup_claim` does (a stale pending claim is taken over one by one).
     A key listed twice is claimed once.
     """
-    now = timezone.now()
     first: dict[tuple[str, str], str] = {}
     for kind, key, message_id in items:
         first.setdefault((kind, key), message_id)
+    if (store := redis_store()) is not None:
+        claims = Claims()
+        for pair, state in zip(first, store.claim_many(list(first)), strict=True):
+            claims[pair] = _CLAIM_OF[state]
+        return claims
+    now = timezone.now()
     rows = list(first.items())
     claim = _claim_pg if pg_bulk.is_postgres() else _claim_values
     claims = Claims()
@@ -201,6 +222,9 @@ def dedup_finish_many(
     (by kind and key, a planner with stale statistics scanned every row of the
     kind). The others by kind and key, one UPDATE per kind.
     """
+    if (store := redis_store()) is not None:
+        store.finish_many(keys, dead=dead)
+        return
     state = ProcessedMessage.State.DEAD if dead else ProcessedMessage.State.DONE
     ids = ids or {}
     by_id = []
@@ -235,6 +259,9 @@ def dedup_finish_many(
 
 def dedup_release_many(*, keys: Iterable[tuple[str, str]]) -> None:
     """Drop many pending claims so redeliveries can try again."""
+    if (store := redis_store()) is not None:
+        store.release_many(keys)
+        return
     for kind, group in _by_kind(keys).items():
         ProcessedMessage.objects.filter(
             kind=kind, key__in=group, state=ProcessedMessage.State.PENDING
@@ -249,6 +276,8 @@ def dedup_prune(*, older_than: datetime, chunk: int = 10_000) -> int:
     publisher's retry comes sooner. Older claims are dead weight in the
     table and its unique index. Deleted ``chunk`` rows a statement, oldest
     first, each its own transaction: no long lock, no huge WAL record.
+    Claims kept in Redis expire by themselves; the rows pruned here are the
+    database's (also those left from before a switch to Redis).
     """
     deleted = 0
     while True:
@@ -266,12 +295,18 @@ def dedup_prune(*, older_than: datetime, chunk: int = 10_000) -> int:
 
 def dedup_finish(*, kind: str, key: str, dead: bool = False) -> None:
     """Mark the claim done (or dead-lettered): later deliveries are duplicates."""
+    if (store := redis_store()) is not None:
+        store.finish_many([(kind, key)], dead=dead)
+        return
     state = ProcessedMessage.State.DEAD if dead else ProcessedMessage.State.DONE
     ProcessedMessage.objects.filter(kind=kind, key=key).update(state=state)
 
 
 def dedup_release(*, kind: str, key: str) -> None:
     """Drop a pending claim so a redelivery can try again (enqueue failed)."""
+    if (store := redis_store()) is not None:
+        store.release_many([(kind, key)])
+        return
     ProcessedMessage.objects.filter(
         kind=kind, key=key, state=ProcessedMessage.State.PENDING
     ).delete()

@@ -8,15 +8,19 @@ import json
 import re
 import socket
 import urllib.request
+import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from django.core.management import call_command
 
 from conftest import database_url, wait_for
 from conversations.models import AICall, Message
 from vocoeng import pubsub
 from vocoeng.models import DeadLetter, ProcessedMessage
+from vocoeng.testing.redis import URL as REDIS_URL
+from vocoeng.testing.redis import needs_redis
 from webhooks.bridge.testing import BridgeProcess
 
 pytestmark = [pytest.mark.timeout(90)]
@@ -105,9 +109,37 @@ def replies() -> int:
     ).count()
 
 
+def _done_claims(store: str, prefix: str) -> dict[str, str]:
+    """Return the bridge's done claims (key → its message kind) in ``store``."""
+    if store == "database":
+        done = ProcessedMessage.objects.filter(state=ProcessedMessage.State.DONE)
+        return {p.key: p.kind for p in done}
+    client = redis.Redis.from_url(REDIS_URL)
+    found = {}
+    names = list(client.scan_iter(f"{prefix}*"))
+    for name in names:
+        if client.get(name) == b"done":
+            kind, key = name.decode().removeprefix(prefix).split(":", 3)[2:]
+            found[key] = kind
+    if names:
+        client.delete(*names)
+    client.close()
+    return found
+
+
+@pytest.mark.parametrize(
+    "store", ["database", pytest.param("redis", marks=needs_redis)]
+)
 def test_each_message_is_handled_once_with_duplicates_injected(
-    settings, celery_worker_factory, start_bridge
+    store, settings, celery_worker_factory, start_bridge
 ) -> None:
+    prefix = f"test-bridge-{uuid.uuid4().hex[:8]}-"
+    claims_env = {"PUBSUB_BRIDGE_DEDUP": store}
+    if store == "redis":
+        claims_env |= {
+            "PUBSUB_BRIDGE_DEDUP_REDIS_URL": REDIS_URL,
+            "PUBSUB_BRIDGE_DEDUP_KEY_PREFIX": prefix,
+        }
     worker = celery_worker_factory()
     topic = settings.PUBSUB_TOPIC_MESSAGES
     # A second subscription on the same topic delivers every message a second
@@ -122,6 +154,7 @@ def test_each_message_is_handled_once_with_duplicates_injected(
         "again-bridge",
         "--max-in-flight",
         "5",
+        env=claims_env,
     )
     kind = {"kind": "chat_message"}
     keyed = [(chat(i), {**kind, "idempotency_key": f"k-{i}"}) for i in range(8)]
@@ -139,11 +172,12 @@ def test_each_message_is_handled_once_with_duplicates_injected(
     assert AICall.objects.filter(status="succeeded").count() == 10
     wait_for(lambda: chains_started(worker) >= 10)
     assert chains_started(worker) == 10  # no second chain for any message
-    done = ProcessedMessage.objects.filter(state=ProcessedMessage.State.DONE)
-    assert done.count() == 10
-    assert {p.key for p in done if p.key.startswith("k-")} == {
-        f"k-{i}" for i in range(8)
-    }
+    done = _done_claims(store, prefix)
+    assert len(done) == 10
+    assert set(done.values()) == {"chat_message"}
+    assert {key for key in done if key.startswith("k-")} == {f"k-{i}" for i in range(8)}
+    if store == "redis":
+        assert not ProcessedMessage.objects.exists()
     assert "Traceback" not in bridge.output()
     # The correlation id of each enqueue travels with every task of its chain.
     cids = re.findall(r"event=enqueued .*correlation_id=(\S+)", bridge.output())
