@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from vocoeng.celery import app
 from vocoeng.celery_batch import publish_batch
+from vocoeng.claims_redis import ClaimStoreUnavailable
 from vocoeng.correlation import headers_for
 from vocoeng.routing import PermanentMessageError, decode_json, route_messages
 
@@ -42,6 +43,7 @@ from .handling import (
     _dead_letter,
     _handle_claimed,
     _log,
+    claim_retrying,
     log_batch,
     log_flush,
 )
@@ -72,9 +74,17 @@ def _batch_handle(
     deliveries: list[Delivery], *, retry_seconds: float, stop: threading.Event
 ) -> list[Result]:
     try:
-        claims = dedup_claim_many(
-            items=[(d.kind or "-", d.key, d.message_id) for d in deliveries]
+        claims = claim_retrying(
+            lambda: dedup_claim_many(
+                items=[(d.kind or "-", d.key, d.message_id) for d in deliveries]
+            ),
+            retry_seconds=retry_seconds,
+            stop=stop,
         )
+    except ClaimStoreUnavailable as exc:  # waited the broker's retry window
+        for d in deliveries:
+            _log("nacked", d, " reason=%s", str(exc))
+        return [(Outcome.RETRY, 0.0)] * len(deliveries)
     except DatabaseError as exc:
         connection.close()
         for d in deliveries:

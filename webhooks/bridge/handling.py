@@ -10,17 +10,18 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from celery.canvas import Signature
 from django.db import DatabaseError, connection
 from kombu.exceptions import OperationalError as BrokerError
 
 from vocoeng import pubsub
+from vocoeng.claims_redis import ClaimStoreUnavailable
 from vocoeng.correlation import headers_for, well_formed
 from vocoeng.deadletters import dead_letter_publish, dead_letter_record
 from vocoeng.routing import PermanentMessageError, decode_json, route_message
@@ -28,6 +29,7 @@ from vocoeng.routing import PermanentMessageError, decode_json, route_message
 from .dedup import Claim, dedup_claim, dedup_finish, dedup_release
 
 logger = logging.getLogger("webhooks.bridge")
+T = TypeVar("T")
 
 # After this many deliveries an unexpected error is treated as permanent, so the
 # message is recorded here (with its reason) rather than silently forwarded by
@@ -220,6 +222,34 @@ def handle_many(log: logging.Logger, records: list[logging.LogRecord]) -> None:
                 logging.lastResort.handle(record)
 
 
+def claim_retrying(
+    claim: Callable[[], T], *, retry_seconds: float, stop: threading.Event
+) -> T:
+    """Return ``claim()``; while the claim store (Redis) is unreachable, retry
+    it with backoff for up to ``retry_seconds`` (or until ``stop``), as an
+    enqueue is retried, then raise its ClaimStoreUnavailable.
+
+    With the claims beside a Redis broker, a broker outage fails the claim
+    before the enqueue: without this, each delivery would be nacked within
+    RETRY_PAUSE_SECONDS, not the broker's retry window, and a few minutes'
+    outage would spend the 5 attempts Pub/Sub allows before it dead-letters.
+    """
+    started = time.monotonic()
+    delay = 0.25
+    while True:
+        try:
+            return claim()
+        except ClaimStoreUnavailable as exc:
+            waited = time.monotonic() - started
+            if stop.is_set() or waited + delay > retry_seconds:
+                raise
+            logger.warning(
+                "bridge_claim_store_unavailable error=%s retry_in=%.2fs", exc, delay
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def enqueue(
     signature: Signature,
     *,
@@ -260,7 +290,14 @@ def message_handle(
     d = delivery
     _log("received", d)
     try:
-        claim = dedup_claim(kind=d.kind or "-", key=d.key, message_id=d.message_id)
+        claim = claim_retrying(
+            lambda: dedup_claim(kind=d.kind or "-", key=d.key, message_id=d.message_id),
+            retry_seconds=retry_seconds,
+            stop=stop,
+        )
+    except ClaimStoreUnavailable as exc:  # waited the broker's retry window
+        _log("nacked", d, " reason=%s", str(exc))
+        return Outcome.RETRY
     except DatabaseError as exc:
         connection.close()
         _log("nacked", d, " reason=%s", f"database: {exc}")

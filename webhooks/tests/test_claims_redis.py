@@ -3,6 +3,7 @@ decisions as the database's, on a real Redis."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from webhooks.bridge.dedup import (
     dedup_release,
     dedup_release_many,
 )
-from webhooks.bridge.handling import Outcome
+from webhooks.bridge.handling import Outcome, message_handle
 from webhooks.tests.test_bridge_batch import delivery
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +179,7 @@ def test_concurrent_bridges_claim_each_key_exactly_once(claims) -> None:
 
 @pytest.mark.django_db
 def test_an_unreachable_redis_is_a_store_error_and_the_batch_is_nacked(
-    settings,
+    settings, caplog
 ) -> None:
     import socket
 
@@ -192,8 +193,21 @@ def test_an_unreachable_redis_is_a_store_error_and_the_batch_is_nacked(
     assert isinstance(raised.value, DatabaseError)
     assert "claim store (Redis) unavailable" in str(raised.value)
 
-    results = batch_handle([delivery(1)], retry_seconds=1, stop=threading.Event())
+    # The bridge retries the claim within the broker's retry window (a Redis
+    # broker is down too, most likely), then nacks: Pub/Sub allows 5 attempts.
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="webhooks.bridge"):
+        results = batch_handle([delivery(1)], retry_seconds=1.5, stop=threading.Event())
     assert [outcome for outcome, _ in results] == [Outcome.RETRY]
+    assert 0.7 < time.monotonic() - started < 3
+    retries = [r for r in caplog.records if "claim_store_unavailable" in r.msg]
+    assert len(retries) >= 2
+    stopping = threading.Event()
+    stopping.set()  # shutting down: no waiting
+    started = time.monotonic()
+    outcome = message_handle(delivery(2), retry_seconds=30, stop=stopping)
+    assert outcome is Outcome.RETRY
+    assert time.monotonic() - started < 1
 
 
 @pytest.fixture
