@@ -381,7 +381,7 @@ PUBSUB_BRIDGE_CLAIM_SECONDS = env.int("PUBSUB_BRIDGE_CLAIM_SECONDS", default=120
 PUBSUB_CLAIM_KEEP_DAYS = env.float("PUBSUB_CLAIM_KEEP_DAYS", default=8.0)
 if PUBSUB_CLAIM_KEEP_DAYS <= 0:
     raise ValueError("PUBSUB_CLAIM_KEEP_DAYS must be above 0")
-# Where the bridge and the push endpoint keep those claims: "database" (the
+# Where the bridge keeps those claims: "database" (the
 # ProcessedMessage table, listed in the admin), "redis" (keys that expire by
 # themselves, vocoeng/claims_redis.py), or "auto": Redis when the broker is
 # Redis (the claims then share the fate of the chains they guard), else the
