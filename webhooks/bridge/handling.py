@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from celery.canvas import Signature
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from kombu.exceptions import OperationalError as BrokerError
 
 from vocoeng import pubsub
@@ -225,26 +225,33 @@ def handle_many(log: logging.Logger, records: list[logging.LogRecord]) -> None:
 def claim_retrying(
     claim: Callable[[], T], *, retry_seconds: float, stop: threading.Event
 ) -> T:
-    """Return ``claim()``; while the claim store (Redis) is unreachable, retry
-    it with backoff for up to ``retry_seconds`` (or until ``stop``), as an
-    enqueue is retried, then raise its ClaimStoreUnavailable.
+    """Return ``claim()``; while the claim store is unreachable (Redis, or the
+    database's connection), retry it with backoff for up to ``retry_seconds``
+    (or until ``stop``), as an enqueue is retried, then raise the last error.
 
-    With the claims beside a Redis broker, a broker outage fails the claim
-    before the enqueue: without this, each delivery would be nacked within
-    RETRY_PAUSE_SECONDS, not the broker's retry window, and a few minutes'
-    outage would spend the 5 attempts Pub/Sub allows before it dead-letters.
+    Each nack spends one of the 5 delivery attempts Pub/Sub allows before it
+    dead-letters a message itself (to the topic, without the bridge's record
+    and its replay). Nacked within RETRY_PAUSE_SECONDS, a minute's outage of
+    the claim store would do that; the broker's retry window paces them as
+    a broker outage is paced. With the claims beside a Redis broker, a broker
+    outage fails the claim first. A statement's own error (not the
+    connection's) is raised at once.
     """
     started = time.monotonic()
     delay = 0.25
     while True:
         try:
             return claim()
-        except ClaimStoreUnavailable as exc:
+        except (ClaimStoreUnavailable, OperationalError, InterfaceError) as exc:
+            if not isinstance(exc, ClaimStoreUnavailable):
+                connection.close()  # the next try connects again
             waited = time.monotonic() - started
             if stop.is_set() or waited + delay > retry_seconds:
                 raise
             logger.warning(
-                "bridge_claim_store_unavailable error=%s retry_in=%.2fs", exc, delay
+                "bridge_claim_store_unavailable error=%s retry_in=%.2fs",
+                str(exc).strip().replace("\n", " ")[:500],
+                delay,
             )
             stop.wait(delay)
             delay = min(delay * 2, 5.0)

@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from django.db import connection
 
 from conversations.models import Conversation, Message
 from vocoeng.models import DeadLetter, ProcessedMessage
@@ -284,3 +285,68 @@ def test_a_batched_line_is_the_record_make_record_makes():
         assert before <= ours.created <= after  # its own time, as made
         assert ours.msecs == int((ours.created - int(ours.created)) * 1000)
         assert ours.getMessage() == theirs.getMessage()
+
+
+def test_a_database_outage_at_the_claim_is_waited_out_within_the_retry_window(
+    queued, monkeypatch, caplog
+):
+    """Each nack is one of Pub/Sub's 5 attempts: the claim is retried first."""
+    import logging
+    import time
+
+    from django.db import OperationalError, ProgrammingError
+
+    from webhooks.bridge import batching
+
+    claim = batching.dedup_claim_many
+    failures = []
+
+    def down_twice(**kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise OperationalError("connection refused")
+        return claim(**kwargs)
+
+    monkeypatch.setattr(batching, "dedup_claim_many", down_twice)
+    with caplog.at_level(logging.WARNING, logger="webhooks.bridge"):
+        outcomes = handle([delivery(1), delivery(2)])
+    assert outcomes == [Outcome.ENQUEUED] * 2
+    assert queued() == 2
+    assert sum("claim_store_unavailable" in r.msg for r in caplog.records) == 2
+
+    # Down for longer than the window (1 s here): nacked once it has passed.
+    def down(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(batching, "dedup_claim_many", down)
+    started = time.monotonic()
+    assert handle([delivery(3)]) == [Outcome.RETRY]
+    assert 0.5 < time.monotonic() - started < 3
+
+    # A statement's own error is not an outage: nacked at once.
+    def broken(**kwargs):
+        raise ProgrammingError("column does not exist")
+
+    monkeypatch.setattr(batching, "dedup_claim_many", broken)
+    started = time.monotonic()
+    assert handle([delivery(4)]) == [Outcome.RETRY]
+    assert time.monotonic() - started < 0.2
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="terminates a PostgreSQL session"
+)
+def test_a_lost_database_session_at_the_claim_is_replaced_not_nacked(queued):
+    """The server ended the bridge's session (a restart, a failover)."""
+    import psycopg
+
+    from conftest import database_url
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    assert handle([delivery(1), delivery(2)]) == [Outcome.ENQUEUED] * 2
+    assert queued() == 2
