@@ -116,18 +116,13 @@ def broker() -> tuple[str, subprocess.Popen | None, str]:
     return f"redis://127.0.0.1:{port}/0", proc, f"Redis (throwaway, port {port})"
 
 
-def claims_clear(r, *prefixes: str) -> None:
+def claims_clear(redis_url: str, *prefixes: str) -> None:
     """Delete the dedup claims the bridge kept in Redis under ``prefixes``
     (PUBSUB_BRIDGE_DEDUP=auto keeps them beside a Redis broker, 8 days)."""
+    from vocoeng.claims_redis import RedisClaims
+
     for prefix in prefixes:
-        batch = []
-        for key in r.scan_iter(f"{prefix}vocoeng:claim:*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                r.delete(*batch)
-                batch.clear()
-        if batch:
-            r.delete(*batch)
+        RedisClaims(redis_url, prefix=prefix).clear()
 
 
 def publish(topic: str, n: int) -> float:
@@ -477,7 +472,7 @@ def main() -> None:
     os.environ["PUBSUB_EMULATOR_HOST"] = address
     r = redis.Redis.from_url(redis_url)
     r.delete(queue_key(prefix), queue_key(noop_prefix))
-    claims_clear(r, prefix, noop_prefix)
+    claims_clear(redis_url, prefix, noop_prefix)
     try:
         for command in (["migrate", "--noinput"], ["pubsub_setup"]):
             subprocess.run(
@@ -614,7 +609,7 @@ def main() -> None:
             )
     finally:
         r.delete(queue_key(prefix), queue_key(noop_prefix))
-        claims_clear(r, prefix, noop_prefix)
+        claims_clear(redis_url, prefix, noop_prefix)
         emulator.terminate()
         emulator.wait(10)
         if redis_proc is not None:

@@ -86,7 +86,6 @@ class RedisClaims:
     def __init__(self, url: str, *, prefix: str = "") -> None:
         import redis
 
-        self.url = url
         self.prefix = f"{prefix}vocoeng:claim:"
         self._client = redis.Redis.from_url(
             url, socket_connect_timeout=5, socket_timeout=30
@@ -115,10 +114,10 @@ class RedisClaims:
         if not pairs:
             return []
         ms = max(1, int(settings.PUBSUB_BRIDGE_CLAIM_SECONDS * 1000))
-        found = self._run(
+        found = self._call(
             self._claim,
-            [self.key(kind, key) for kind, key in pairs],
-            [self.pending_value(), ms],
+            keys=[self.key(kind, key) for kind, key in pairs],
+            args=[self.pending_value(), ms],
         )
         states = []
         for value in found:
@@ -134,13 +133,30 @@ class RedisClaims:
         keys = [self.key(kind, key) for kind, key in pairs]
         if keys:
             keep = int(settings.PUBSUB_CLAIM_KEEP_DAYS * 86_400_000)
-            self._run(self._finish, keys, [DEAD if dead else DONE, keep])
+            self._call(self._finish, keys=keys, args=[DEAD if dead else DONE, keep])
 
     def release_many(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Drop this process's pending claims, so redeliveries can claim again."""
         keys = [self.key(kind, key) for kind, key in pairs]
         if keys:
-            self._run(self._release, keys, [self.pending_value()])
+            self._call(self._release, keys=keys, args=[self.pending_value()])
+
+    def clear(self) -> int:
+        """Delete every claim under this store's prefix; return how many
+        (tests and benchmarks; an operator leaving Redis for the database)."""
+        return self._call(self._clear)
+
+    def _clear(self) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        for name in self._client.scan_iter(f"{self.prefix}*", count=5000):
+            batch.append(name)
+            if len(batch) >= 5000:
+                deleted += self._client.delete(*batch)
+                batch.clear()
+        if batch:
+            deleted += self._client.delete(*batch)
+        return deleted
 
     def state(self, kind: str, key: str) -> str | None:
         """Return the claim's state (``pending``, ``done``, ``dead``) or None."""
@@ -151,9 +167,6 @@ class RedisClaims:
         """Return the seconds the claim has left, or None if there is none."""
         ms = self._call(self._client.pttl, self.key(kind, key))
         return None if ms < 0 else ms / 1000
-
-    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        return self._call(script, keys=keys, args=args)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

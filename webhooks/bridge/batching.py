@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +42,7 @@ from .handling import (
     _dead_letter,
     _handle_claimed,
     _log,
+    backoff_retry,
     claim_retrying,
     log_batch,
     log_flush,
@@ -202,31 +202,33 @@ def enqueue_many(
     some chains already: the retry queues them again, which the idempotent
     chains absorb (as they do a redelivery after a crash).
     """
-    started = time.monotonic()
-    delay = 0.25
     items = [(signature, headers_for(cid)) for signature, cid in signatures]
-    while True:
-        try:
-            _share_producer_with_chains()
-            with app.producer_or_acquire() as producer:
-                _shared.producer = producer
-                try:
-                    task_ids = publish_batch(items, producer=producer)
-                finally:
-                    _shared.producer = None
-            return task_ids
-        except (BrokerError, BatchPublishError, OSError) as exc:
-            waited = time.monotonic() - started
-            if stop.is_set() or waited + delay > retry_seconds:
-                raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-            logger.warning(
+    errors = (BrokerError, BatchPublishError, OSError)
+
+    def send() -> list[str]:
+        _share_producer_with_chains()
+        with app.producer_or_acquire() as producer:
+            _shared.producer = producer
+            try:
+                return publish_batch(items, producer=producer)
+            finally:
+                _shared.producer = None
+
+    try:
+        return backoff_retry(
+            send,
+            errors=errors,
+            retry_seconds=retry_seconds,
+            stop=stop,
+            on_retry=lambda exc, delay: logger.warning(
                 "bridge_broker_unavailable error=%s batch=%s retry_in=%.2fs",
                 exc,
                 len(signatures),
                 delay,
-            )
-            stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+            ),
+        )
+    except errors as exc:
+        raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
 
 def _handle_claimed_many(

@@ -222,6 +222,31 @@ def handle_many(log: logging.Logger, records: list[logging.LogRecord]) -> None:
                 logging.lastResort.handle(record)
 
 
+def backoff_retry(
+    call: Callable[[], T],
+    *,
+    errors: tuple[type[BaseException], ...],
+    retry_seconds: float,
+    stop: threading.Event,
+    on_retry: Callable[[BaseException, float], object],
+) -> T:
+    """Return ``call()``; on one of ``errors``, call ``on_retry(error, delay)``
+    and try again after ``delay`` (0.25 s, doubling up to 5 s), for up to
+    ``retry_seconds`` in all (or until ``stop``); then raise the last error."""
+    started = time.monotonic()
+    delay = 0.25
+    while True:
+        try:
+            return call()
+        except errors as exc:
+            waited = time.monotonic() - started
+            if stop.is_set() or waited + delay > retry_seconds:
+                raise
+            on_retry(exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def claim_retrying(
     claim: Callable[[], T], *, retry_seconds: float, stop: threading.Event
 ) -> T:
@@ -237,24 +262,23 @@ def claim_retrying(
     outage fails the claim first. A statement's own error (not the
     connection's) is raised at once.
     """
-    started = time.monotonic()
-    delay = 0.25
-    while True:
-        try:
-            return claim()
-        except (ClaimStoreUnavailable, OperationalError, InterfaceError) as exc:
-            if not isinstance(exc, ClaimStoreUnavailable):
-                connection.close()  # the next try connects again
-            waited = time.monotonic() - started
-            if stop.is_set() or waited + delay > retry_seconds:
-                raise
-            logger.warning(
-                "bridge_claim_store_unavailable error=%s retry_in=%.2fs",
-                str(exc).strip().replace("\n", " ")[:500],
-                delay,
-            )
-            stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+
+    def unavailable(exc: BaseException, delay: float) -> None:
+        if not isinstance(exc, ClaimStoreUnavailable):
+            connection.close()  # the next try connects again
+        logger.warning(
+            "bridge_claim_store_unavailable error=%s retry_in=%.2fs",
+            str(exc).strip().replace("\n", " ")[:500],
+            delay,
+        )
+
+    return backoff_retry(
+        claim,
+        errors=(ClaimStoreUnavailable, OperationalError, InterfaceError),
+        retry_seconds=retry_seconds,
+        stop=stop,
+        on_retry=unavailable,
+    )
 
 
 def enqueue(
@@ -268,26 +292,27 @@ def enqueue(
     """Send ``signature`` to the broker and return the task id once accepted.
 
     ``retry=False`` makes a broker outage raise at once instead of kombu's
-    long connection retries; this loop retries with backoff for up to
+    long connection retries; this retries with backoff for up to
     ``retry_seconds`` (or until ``stop``), then raises BrokerUnavailable.
     """
-    started = time.monotonic()
-    delay = 0.25
-    while True:
-        try:
-            result = signature.apply_async(
-                headers=headers_for(correlation_id), retry=False, producer=producer
-            )
-            return result.id
-        except (BrokerError, OSError) as exc:
-            waited = time.monotonic() - started
-            if stop.is_set() or waited + delay > retry_seconds:
-                raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-            logger.warning(
+
+    def send() -> str:
+        return signature.apply_async(
+            headers=headers_for(correlation_id), retry=False, producer=producer
+        ).id
+
+    try:
+        return backoff_retry(
+            send,
+            errors=(BrokerError, OSError),
+            retry_seconds=retry_seconds,
+            stop=stop,
+            on_retry=lambda exc, delay: logger.warning(
                 "bridge_broker_unavailable error=%s retry_in=%.2fs", exc, delay
-            )
-            stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+            ),
+        )
+    except (BrokerError, OSError) as exc:
+        raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
 
 def message_handle(

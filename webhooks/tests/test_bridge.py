@@ -18,6 +18,7 @@ from django.core.management import call_command
 from conftest import database_url, wait_for
 from conversations.models import AICall, Message
 from vocoeng import pubsub
+from vocoeng.claims_redis import RedisClaims
 from vocoeng.models import DeadLetter, ProcessedMessage
 from vocoeng.testing.redis import URL as REDIS_URL
 from vocoeng.testing.redis import needs_redis
@@ -116,14 +117,12 @@ def _done_claims(store: str, prefix: str) -> dict[str, str]:
         return {p.key: p.kind for p in done}
     client = redis.Redis.from_url(REDIS_URL)
     found = {}
-    names = list(client.scan_iter(f"{prefix}*"))
-    for name in names:
+    for name in client.scan_iter(f"{prefix}*"):
         if client.get(name) == b"done":
             kind, key = name.decode().removeprefix(prefix).split(":", 3)[2:]
             found[key] = kind
-    if names:
-        client.delete(*names)
     client.close()
+    RedisClaims(REDIS_URL, prefix=prefix).clear()
     return found
 
 

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 from django.db import DatabaseError
 
 from vocoeng.claims_redis import ClaimStoreUnavailable, RedisClaims, redis_store
@@ -45,11 +44,7 @@ def claims(settings):
     store = redis_store()
     assert store is not None
     yield store
-    client = redis.Redis.from_url(URL)
-    keys = list(client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    store.clear()
 
 
 def _settings_of(**env: str) -> str:
@@ -110,6 +105,12 @@ def test_a_key_is_claimed_once_then_busy_then_done(claims) -> None:
     # another kind's key of the same name is its own claim
     assert dedup_claim(kind="voc_event", key="k-0", message_id="y") is Claim.CLAIMED
     assert not ProcessedMessage.objects.exists()  # nothing in the database
+    other = RedisClaims(URL, prefix="test-claims-other-")
+    other.claim_many([("chat_message", "k-0")])
+    assert claims.clear() == 4  # its own prefix's claims, not another's
+    assert claims.state("chat_message", "k-0") is None
+    assert other.state("chat_message", "k-0") == "pending"
+    assert other.clear() == 1
 
 
 @needs_redis
