@@ -32,7 +32,7 @@ run: migrate
 	$(PY) manage.py runserver 127.0.0.1:$(PORT) --noreload
 
 web: migrate
-	$(VENV)/bin/gunicorn vocoeng.wsgi -c python:vocoeng.logging_gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --threads 8
+	$(VENV)/bin/gunicorn vocoeng.wsgi -c python:vocoeng.gunicorn_config --bind 127.0.0.1:$(PORT) --workers 2
 
 worker: install
 	$(VENV)/bin/celery -A vocoeng worker -Q default,analytics -l info

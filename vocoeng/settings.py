@@ -103,10 +103,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A psycopg connection pool per process (Django >= 5.1): opening a
     # PostgreSQL connection forks a server backend (milliseconds of CPU), and
     # without a pool every web request and every task would open one. Threads
-    # (gunicorn's gthread, the ai worker's 100 threads) borrow a connection for
-    # as long as they use it, so max_size bounds the connections a process
-    # holds, well under the server's max_connections. (A web process keeps
-    # one more, outside the pool, for the webhook hand-off's INSERTs.)
+    # and greenlets (gunicorn's web workers, the ai worker's 100 threads)
+    # borrow a connection for as long as they use it, so max_size bounds the
+    # connections a process holds, well under the server's max_connections.
+    # (A web process keeps one more, outside the pool, for the webhook
+    # hand-off's INSERTs.)
     DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
     # Prepared statements: values bound by the server (not spliced into the
     # SQL text by the client) and psycopg's default of preparing what a

@@ -7,9 +7,12 @@ them were most of the request's CPU. Here the request threads of one process
 that reach this point together share the INSERT (group commit): the first to
 arrive leads, records every delivery waiting in one statement and wakes their
 threads; deliveries that arrive meanwhile go with the next leader, one of
-their own threads. No thread waits for a timer: a request alone is a batch of
-one. The leaders insert on a connection the stage keeps (pg_bulk.OwnConnection),
-not on their thread's Django connection: no pool checkout per batch.
+their own threads. (Under gunicorn's gevent worker, the web process's on
+PostgreSQL, the requests are greenlets and these locks gevent's: the same
+batching, without the OS thread switches.) No thread waits for a timer: a
+request alone is a batch of one. The leaders insert on a connection the stage
+keeps (pg_bulk.OwnConnection), not on their thread's Django connection: no
+pool checkout per batch.
 
 A request returns once its delivery is committed: what the sender sees (200)
 means the delivery is stored, which nothing then loses. The tasks are

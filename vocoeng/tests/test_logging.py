@@ -7,8 +7,6 @@ import io
 import json
 import logging
 import re
-import shlex
-import socket
 import sys
 import urllib.parse
 import urllib.request
@@ -28,7 +26,7 @@ from vocoeng.logging_setup import ConsoleFormatter, ContextFilter, JsonFormatter
 from vocoeng.queues import Queue
 from vocoeng.services import api_key_create, tenant_get_default
 from vocoeng.testing.fake_graph import FakeGraphServer
-from vocoeng.testing.process import ROOT, ChildProcess
+from vocoeng.testing.web import WebProcess
 from webhooks.models import WebhookDelivery
 from webhooks.tests import payloads as p
 
@@ -312,34 +310,11 @@ def test_console_lines_end_with_the_correlation_id() -> None:
     assert formatter.format(plain).endswith("INFO x: hello")
 
 
-class WebProcess(ChildProcess):
-    """Run the Procfile's ``web`` line (gunicorn) on a free port."""
-
-    ready_marker = "Booting worker"
-
-    def __init__(self, *, port: int, env: dict[str, str]) -> None:
-        super().__init__(env=env)
-        self.port = port
-
-    def command(self) -> list[str]:
-        procfile = (ROOT / "Procfile").read_text().splitlines()
-        line = next(row for row in procfile if row.startswith("web:"))
-        line = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", line.partition(":")[2])
-        argv = shlex.split(line)
-        argv[argv.index("--bind") + 1] = f"127.0.0.1:{self.port}"
-        argv[argv.index("--workers") + 1] = "1"
-        return [sys.executable, "-m", *argv]
-
-
 def test_gunicorn_from_the_procfile_writes_json_lines_without_query_strings(
     transactional_db,
 ) -> None:
     secret = f"verify-{uuid.uuid4().hex}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     web = WebProcess(
-        port=port,
         env={
             "LOG_FORMAT": "json",
             "DATABASE_URL": database_url(),
@@ -351,7 +326,7 @@ def test_gunicorn_from_the_procfile_writes_json_lines_without_query_strings(
             {"hub.mode": "subscribe", "hub.verify_token": secret, "hub.challenge": "c1"}
         )
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/webhooks/whatsapp/?{query}",
+            f"{web.url}/webhooks/whatsapp/?{query}",
             headers={"X-Request-ID": "gunicorn-1"},
         )
 
