@@ -270,11 +270,9 @@ def pubsub_settings(pubsub_emulator, settings, monkeypatch) -> Iterator[dict[str
 
 def free_loopback_address() -> str:
     """Return ``127.0.0.1:<port>`` with nothing listening (connection refused)."""
-    import socket
+    from vocoeng.testing.process import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 class PubSubOutage:

@@ -82,10 +82,13 @@ if worker_class == "gevent":
 worker_connections = _positive_int("WEB_WORKER_CONNECTIONS", 100)
 threads = _positive_int("WEB_THREADS", 8)  # gthread only
 
-# After the patch: these import Django. gunicorn reads its settings from
-# this module's names, these two included.
-from vocoeng.logging_gunicorn import access_log_format, logconfig_dict  # noqa: E402,F401
-from vocoeng.logging_gunicorn import post_worker_init as _freeze  # noqa: E402
+# After the patch: these import Django. gunicorn reads its settings and
+# hooks from this module's names, these three included.
+from vocoeng.logging_gunicorn import (  # noqa: E402,F401
+    access_log_format,
+    logconfig_dict,
+    post_worker_init,
+)
 
 
 def _is_gevent(worker_cls: type) -> bool:
@@ -111,6 +114,3 @@ def post_fork(server: object, worker: object) -> None:
         from grpc.experimental import gevent as grpc_gevent
 
         grpc_gevent.init_gevent()
-
-
-post_worker_init = _freeze

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 import shlex
-import socket
 import sys
 
-from .process import ROOT, ChildProcess
+from .process import ROOT, ChildProcess, free_port
 
 
 def procfile_argv(name: str) -> list[str]:
@@ -17,32 +16,18 @@ def procfile_argv(name: str) -> list[str]:
     return shlex.split(re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", line.partition(":")[2]))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class WebProcess(ChildProcess):
     """Run the Procfile's ``web`` line on a free loopback port, one worker.
 
-    ``args`` go after the Procfile's own (gunicorn takes the last of a
-    repeated option). Ready once the worker boots: a request sent before it
-    has loaded the app waits in the listen backlog.
+    Ready once the worker boots: a request sent before it has loaded the app
+    waits in the listen backlog.
     """
 
     ready_marker = "Booting worker"
 
-    def __init__(
-        self,
-        *,
-        env: dict[str, str] | None = None,
-        args: tuple[str, ...] = (),
-        port: int | None = None,
-    ) -> None:
+    def __init__(self, *, env: dict[str, str] | None = None) -> None:
         super().__init__(env=env)
-        self.port = port or free_port()
-        self.args = args
+        self.port = free_port()
 
     @property
     def url(self) -> str:
@@ -52,4 +37,4 @@ class WebProcess(ChildProcess):
         argv = procfile_argv("web")
         argv[argv.index("--bind") + 1] = f"127.0.0.1:{self.port}"
         argv[argv.index("--workers") + 1] = "1"
-        return [sys.executable, "-m", *argv, *self.args]
+        return [sys.executable, "-m", *argv]

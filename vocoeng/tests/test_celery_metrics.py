@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 import uuid
 
@@ -16,15 +15,10 @@ from vocoeng.celery import app
 from vocoeng.celery_metrics import QUEUE_DEPTH, QueueDepthCollector
 from vocoeng.queues import Queue
 from vocoeng.testing.fake_graph import FakeGraphServer
+from vocoeng.testing.process import free_port
 from webhooks.tests import payloads as p
 
 pytestmark = [pytest.mark.timeout(120)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -132,17 +133,32 @@ def deliveries_process() -> int:
     return ran
 
 
-def deliveries_taken() -> list[list[str | None]]:
+def deliveries_taken(
+    expected: int | None = None, timeout: float = 30
+) -> list[list[str | None]]:
     """Take the queued ``webhooks.deliveries_process`` messages off the broker
     (the outbox published, without running them); return their items, the
-    ``[delivery id, correlation id]`` pairs, in one list (for one task)."""
+    ``[delivery id, correlation id]`` pairs, in one list (for one task).
+
+    ``expected``: the deliveries come from another process's outbox (a web
+    process under test), which publishes when it does: take messages until
+    they name that many, or ``timeout`` passes.
+    """
     from vocoeng.celery import app
     from webhooks import handoff
 
-    assert handoff.published(), "the hand-off's outbox did not publish"
+    if expected is None:
+        assert handoff.published(), "the hand-off's outbox did not publish"
+    deadline = time.monotonic() + timeout
     items: list[list[str | None]] = []
     with app.connection_for_write() as conn:
-        while (message := conn.default_channel.basic_get("default")) is not None:
+        while expected is None or len(items) < expected:
+            message = conn.default_channel.basic_get("default")
+            if message is None:
+                if expected is None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+                continue
             assert message.headers["task"] == "webhooks.deliveries_process"
             items += message.decode()[0][0]
             message.ack()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from conversations.models import AICall, Message
 from vocoeng import pubsub
 from vocoeng.claims_redis import RedisClaims
 from vocoeng.models import DeadLetter, ProcessedMessage
+from vocoeng.testing.process import free_port
 from vocoeng.testing.redis import URL as REDIS_URL
 from vocoeng.testing.redis import needs_redis
 from webhooks.bridge.testing import BridgeProcess
@@ -83,12 +83,6 @@ def start_bridge(bridge_env) -> Iterator:
     yield start
     for bridge in bridges:
         bridge.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chains_started(worker) -> int:

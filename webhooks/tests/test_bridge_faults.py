@@ -15,17 +15,12 @@ from django.core.management import call_command
 from conftest import database_url, purge_queues, wait_for
 from conversations.models import Message
 from vocoeng.models import ProcessedMessage
+from vocoeng.testing.process import free_port
 from webhooks.bridge.testing import BridgeProcess
 from webhooks.tests.conftest import broker_queue_size
 from webhooks.tests.test_bridge import chains_started, chat, publish_all, pull, replies
 
 pytestmark = [pytest.mark.timeout(90)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Redis:

@@ -17,6 +17,7 @@ from django.db import DatabaseError
 
 from vocoeng.claims_redis import ClaimStoreUnavailable, RedisClaims, redis_store
 from vocoeng.models import DeadLetter, ProcessedMessage
+from vocoeng.testing.process import free_port
 from vocoeng.testing.redis import URL, needs_redis
 from webhooks.bridge.batching import batch_handle
 from webhooks.bridge.dedup import (
@@ -182,13 +183,8 @@ def test_concurrent_bridges_claim_each_key_exactly_once(claims) -> None:
 def test_an_unreachable_redis_is_a_store_error_and_the_batch_is_nacked(
     settings, caplog
 ) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings.PUBSUB_BRIDGE_DEDUP = "redis"
-    settings.PUBSUB_BRIDGE_DEDUP_REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    settings.PUBSUB_BRIDGE_DEDUP = "redis"  # on a port nothing listens on
+    settings.PUBSUB_BRIDGE_DEDUP_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ClaimStoreUnavailable) as raised:
         dedup_claim(kind="k", key="a", message_id="1")
     assert isinstance(raised.value, DatabaseError)

@@ -28,10 +28,11 @@ import pytest
 from django.db import connection
 
 from conftest import database_url, fake_ai_env, purge_queues
-from vocoeng.testing.process import ROOT
+from vocoeng.testing.process import ROOT, free_port
 from vocoeng.testing.web import WebProcess
 from webhooks.models import WebhookDelivery
 from webhooks.tests import payloads as p
+from webhooks.tests.conftest import deliveries_taken
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -177,11 +178,8 @@ def test_a_bad_setting_stops_gunicorn_with_the_reason(
 def test_a_worker_class_given_with_k_that_disagrees_stops_gunicorn_at_start(
     prepared: str, given: str, named: str
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     result = gunicorn_config(
-        "-k", given, "--bind", f"127.0.0.1:{port}", WEB_WORKER_CLASS=prepared
+        "-k", given, "--bind", f"127.0.0.1:{free_port()}", WEB_WORKER_CLASS=prepared
     )
     assert result.returncode != 0
     out = result.stdout + result.stderr
@@ -194,26 +192,6 @@ def wamid(body: str) -> str:
     """Return the wamid of a recorded one-message WhatsApp delivery."""
     value = json.loads(body)["entry"][0]["changes"][0]["value"]
     return value["messages"][0]["id"]
-
-
-def queued_delivery_ids(expected: int, timeout: float = 30) -> list[str]:
-    """Take ``webhooks.deliveries_process`` messages off the broker until they
-    name ``expected`` deliveries (the web process's outbox publishes them)."""
-    from vocoeng.celery import app
-
-    ids: list[str] = []
-    deadline = time.monotonic() + timeout
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        while len(ids) < expected and time.monotonic() < deadline:
-            message = channel.basic_get("default")
-            if message is None:
-                time.sleep(0.05)
-                continue
-            assert message.headers["task"] == "webhooks.deliveries_process"
-            ids += [item[0] for item in message.decode()[0][0]]
-            message.ack()
-    return ids
 
 
 @pytest.mark.parametrize(
@@ -245,7 +223,7 @@ def test_concurrent_webhooks_are_each_stored_and_queued_once(
     rows = list(WebhookDelivery.objects.values_list("pk", "body"))
     assert len(rows) == 60
     assert len({wamid(body) for _, body in rows}) == 60
-    ids = queued_delivery_ids(60)
+    ids = [delivery for delivery, _ in deliveries_taken(expected=60)]
     assert sorted(ids) == sorted(str(pk) for pk, _ in rows)
     assert "Traceback" not in proc.output()
 
